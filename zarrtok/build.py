@@ -1,0 +1,413 @@
+"""Building a store: source → parallel tokenization → shard writers → commit.
+
+``build`` is crash-safe: locally it writes into a hidden staging directory next to ``output`` and
+renames it into place only when complete; elsewhere (object stores, which cannot rename) it writes
+in place with the manifest's ``status`` set to ``building`` and flips it to ``complete`` as the last
+write. ``open`` refuses anything not complete, so a failed or interrupted build is never mistaken
+for a store.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import uuid
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import IncompleteStoreError, StoreExistsError, StoreNotFoundError, ZarrtokError
+from .format import (
+    ATTRIBUTE_KEY,
+    DEFAULT_CHUNK_BYTES,
+    FORMAT_VERSION,
+    STATUS_BUILDING,
+    STATUS_COMPLETE,
+    TOKENIZER_GROUP,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    check_node_name,
+    shard_name,
+    shard_path,
+)
+from .location import Location, as_location
+from .sources import apply_split_rules, document_texts, load_source, resolve_columns, source_identity
+from .store import TokenStore, read_manifest
+from .tokenization import (
+    DocumentEncoder,
+    backend_json,
+    choose_dtype,
+    load_tokenizer,
+    tokenizer_digest,
+    tokenizer_files,
+    tokenizer_summary,
+)
+from .writer import ShardWriter, _compressors
+
+logger = logging.getLogger(__name__)
+
+ENCODER_NAME = "hf-tokenizers"
+
+
+def compute_fingerprint(payload: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of everything that determines the tokens."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def build(
+    dataset_name: Any = None,
+    *,
+    output: str | os.PathLike | Location,
+    dataset_config_name: str | None = None,
+    data_dir: str | None = None,
+    data_files: Any = None,
+    revision: str | None = None,
+    tokenizer: Any = None,
+    tokenizer_name: str | os.PathLike | None = None,
+    mapping_column_name: str | Sequence[str] | None = None,
+    columns: str | Sequence[str] | None = None,
+    column_separator: str = "\n\n",
+    validation_split: float | None = 0.0,
+    test_split: float | None = 0.0,
+    seed: int = 42,
+    shuffle: bool = False,
+    splits: Sequence[str] | None = None,
+    num_workers: int = 1,
+    use_eos_token: bool = True,
+    add_special_tokens: bool = True,
+    chunk_size: int | None = None,
+    shard_size: int | None = None,
+    checksum: str | None = "crc32c",
+    overwrite: bool | str = False,
+    storage_options: dict[str, Any] | None = None,
+    batch_size: int = 1000,
+    progress: bool = True,
+    start_method: str | None = None,
+    load_dataset_kwargs: dict[str, Any] | None = None,
+) -> TokenStore:
+    """Tokenize a dataset into a zarrtok store at ``output`` and return it opened.
+
+    Args:
+        dataset_name: a ``datasets.load_dataset`` path/name (``"json"``, ``"text"``, ``"parquet"``,
+            ``"csv"``, a hub name, a local directory) or a ``Dataset`` / ``DatasetDict`` object.
+        output: store location, a local path or an fsspec URL (with ``storage_options``).
+        dataset_config_name, data_dir, data_files, revision: passed to ``load_dataset``.
+        tokenizer / tokenizer_name: a tokenizer instance, or a name/path for ``AutoTokenizer``.
+        mapping_column_name / columns: text column(s); several are joined with ``column_separator``
+            into one document per row. Default: ``"text"`` (or the only string column).
+        validation_split, test_split, seed, shuffle, splits: the split rules of :mod:`zarrtok.sources`.
+        num_workers: tokenizer processes (1: in-process, using the tokenizer's own threads).
+        use_eos_token: append the tokenizer's EOS id after every non-empty document.
+        add_special_tokens: as in ``tokenizer(doc)`` (e.g. a BOS added by the post-processor).
+        chunk_size: tokens per chunk (default: 8 MiB worth, see docs/format.md).
+        shard_size: start a new shard once a shard holds this many tokens (default: one shard per split).
+        checksum: ``"crc32c"`` (per-chunk checksum after the raw bytes) or ``None``.
+        overwrite: ``False``: reuse a store with the same fingerprint, refuse a different one;
+            ``True``: always rebuild; ``"changed"``: rebuild only when the fingerprint differs.
+        batch_size: documents per tokenization task.
+        progress: show tqdm progress bars.
+        start_method: multiprocessing start method for workers (default ``fork`` on Linux).
+    """
+    location = as_location(output, storage_options)
+    if overwrite not in (False, True, "changed"):
+        raise ValueError(f"overwrite must be False, True or 'changed', got {overwrite!r}")
+    if mapping_column_name is not None and columns is not None:
+        raise ValueError("pass either `mapping_column_name` or `columns`, not both")
+    if num_workers is None or int(num_workers) < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if dataset_name is None:
+        raise ValueError("dataset_name is required: a load_dataset name/path or a datasets.Dataset/DatasetDict")
+
+    tok = load_tokenizer(tokenizer, tokenizer_name)
+    eos_id = tok.eos_token_id
+    if use_eos_token and eos_id is None:
+        raise ValueError(
+            f"use_eos_token=True but the tokenizer ({type(tok).__name__}, {tok.name_or_path!r}) has no EOS token: "
+            "set tokenizer.eos_token, or pass use_eos_token=False"
+        )
+    dtype = choose_dtype(tok)
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK_BYTES // dtype.itemsize
+    chunk_size = int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _compressors(checksum)  # validates the name
+
+    source = load_source(
+        dataset_name,
+        dataset_config_name=dataset_config_name,
+        data_dir=data_dir,
+        data_files=data_files,
+        revision=revision,
+        load_dataset_kwargs=load_dataset_kwargs,
+    )
+    split_datasets = apply_split_rules(
+        source, validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle, splits=splits
+    )
+    for name in split_datasets:
+        check_node_name(name, "split")
+    text_columns = resolve_columns(split_datasets, columns if columns is not None else mapping_column_name)
+    if sum(len(ds) for ds in split_datasets.values()) == 0:
+        raise ValueError("the dataset is empty: no documents in any split")
+
+    identity = source_identity(
+        dataset_name, split_datasets, dataset_config_name=dataset_config_name, data_dir=data_dir,
+        data_files=data_files, revision=revision,
+    )
+    token_rules = {
+        "columns": text_columns,
+        "column_separator": column_separator,
+        "use_eos_token": bool(use_eos_token),
+        "eos_token_id": eos_id if use_eos_token else None,
+        "add_special_tokens": bool(add_special_tokens),
+        "validation_split": float(validation_split or 0.0),
+        "test_split": float(test_split or 0.0),
+        "seed": int(seed),
+        "shuffle": bool(shuffle),
+        "splits": list(split_datasets),
+    }
+    fingerprint = compute_fingerprint(
+        {"format_version": FORMAT_VERSION, "source": identity, "tokenizer_sha256": tokenizer_digest(tok),
+         "dtype": dtype.name, **token_rules}
+    )
+
+    reused = _reuse_or_clear(location, fingerprint, overwrite)
+    if reused is not None:
+        return reused
+
+    config = {
+        "dataset": dataset_name if isinstance(dataset_name, str) else type(dataset_name).__name__,
+        "dataset_config_name": dataset_config_name,
+        "data_dir": data_dir,
+        "data_files": identity.get("data_files"),
+        "revision": revision,
+        "tokenizer": str(tok.name_or_path or ""),
+        **token_rules,
+        "chunk_size": chunk_size,
+        "shard_size": shard_size,
+        "checksum": checksum,
+        "num_workers": int(num_workers),
+        "source": identity,
+    }
+    manifest = Manifest(
+        fingerprint=fingerprint,
+        dtype=dtype.name,
+        chunk_size=chunk_size,
+        checksum=checksum,
+        splits={},
+        tokenizer=tokenizer_summary(tok),
+        config=config,
+        encoder=f"{ENCODER_NAME}=={_tokenizers_version()}",
+        eos_token_id=eos_id if use_eos_token else None,
+        zarrtok_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    encoder = DocumentEncoder(
+        backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
+        add_special_tokens=add_special_tokens, dtype=dtype.name,
+    )
+    staging = _staging_location(location)
+    logger.info("building %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
+    try:
+        _write_store(
+            staging, manifest, tok, split_datasets, text_columns, column_separator, encoder,
+            num_workers=int(num_workers), batch_size=int(batch_size), shard_size=shard_size,
+            progress=progress, start_method=start_method,
+        )
+        _commit(staging, location)
+    except BaseException:
+        logger.info("build failed; removing %s", staging.url)
+        try:
+            staging.remove()
+        except Exception:  # pragma: no cover - best effort cleanup
+            logger.exception("could not remove %s", staging.url)
+        raise
+    store = TokenStore(location, read_manifest(location))
+    logger.info("built %r", store)
+    return store
+
+
+def _tokenizers_version() -> str:
+    import tokenizers
+
+    return tokenizers.__version__
+
+
+def _reuse_or_clear(location: Location, fingerprint: str, overwrite: bool | str) -> TokenStore | None:
+    """Return the existing store when it can be reused; otherwise make sure ``location`` may be written."""
+    if location.is_empty_or_missing():
+        return None
+    try:
+        existing = read_manifest(location)
+    except StoreNotFoundError:
+        raise StoreExistsError(
+            f"{location.url} exists and is not a zarrtok store; refusing to overwrite it: choose another output"
+        ) from None
+    except (IncompleteStoreError, ZarrtokError) as exc:
+        if overwrite in (True, "changed"):
+            logger.warning("replacing unusable store at %s (%s)", location.url, exc)
+            return None
+        raise StoreExistsError(f"{location.url} holds an unusable store ({exc}); pass overwrite=True to rebuild") from exc
+    if existing.fingerprint == fingerprint and overwrite is not True:
+        logger.info("reusing %s: fingerprint %s matches, nothing to encode", location.url, fingerprint[:12])
+        return TokenStore(location, existing)
+    if overwrite is False:
+        raise StoreExistsError(
+            f"{location.url} holds a store with fingerprint {existing.fingerprint[:12]}, this build's is "
+            f"{fingerprint[:12]} (different source, tokenizer or options); pass overwrite=True to replace it"
+        )
+    logger.info("rebuilding %s (fingerprint %s -> %s)", location.url, existing.fingerprint[:12], fingerprint[:12])
+    return None
+
+
+def _staging_location(location: Location) -> Location:
+    if location.is_local:
+        name = os.path.basename(location.local_path.rstrip(os.sep)) or "store"
+        os.makedirs(os.path.dirname(location.local_path), exist_ok=True)
+        return location.sibling(f".{name}.zarrtok-staging-{uuid.uuid4().hex[:12]}")
+    return location  # object stores: in place, committed by the manifest status
+
+
+def _commit(staging: Location, location: Location) -> None:
+    """Flip the manifest to complete (already done in the staging copy) and move it into place."""
+    if staging is location:
+        return
+    target = location.local_path
+    old = None
+    if os.path.isdir(target) and not os.listdir(target):
+        os.rmdir(target)
+    elif os.path.exists(target):
+        old = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.zarrtok-old-{uuid.uuid4().hex[:12]}")
+        os.rename(target, old)
+    os.rename(staging.local_path, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_store(
+    staging: Location,
+    manifest: Manifest,
+    tok: Any,
+    split_datasets: dict[str, Any],
+    columns: list[str],
+    separator: str,
+    encoder: DocumentEncoder,
+    *,
+    num_workers: int,
+    batch_size: int,
+    shard_size: int | None,
+    progress: bool,
+    start_method: str | None,
+) -> None:
+    if not staging.is_local:
+        staging.remove()  # in-place remote build: clear what _reuse_or_clear allowed us to replace
+    root = zarr.open_group(staging.zarr_store(read_only=False), mode="w", attributes={ATTRIBUTE_KEY: manifest.to_json()})
+    tok_group = root.create_group(TOKENIZER_GROUP)
+    for name, data in tokenizer_files(tok).items():
+        arr = tok_group.create_array(
+            name, shape=(len(data),), chunks=(max(1, len(data)),), dtype="uint8",
+            compressors=_compressors(manifest.checksum), filters=None, fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+        arr[:] = np.frombuffer(data, dtype=np.uint8)
+
+    prepared = {name: ds.select_columns(columns) for name, ds in split_datasets.items()}
+    total_tokens = 0
+    with _EncodePool(prepared, columns, separator, encoder, num_workers, start_method) as pool:
+        for split, ds in prepared.items():
+            info = SplitInfo()
+            writer, shard = None, None
+            bar = tqdm(total=len(ds), unit="doc", desc=f"tokenizing {split}", disable=not progress, dynamic_ncols=True)
+            split_tokens = 0
+            try:
+                for tokens, lengths in pool.encode(split, len(ds), batch_size):
+                    if writer is None:
+                        shard = ShardInfo(shard_name(len(info.shards)), 0, 0)
+                        group = root.create_group(shard_path(split, shard.name))
+                        writer = ShardWriter(group, dtype=np.dtype(manifest.dtype), chunk_size=manifest.chunk_size,
+                                             checksum=manifest.checksum)
+                    writer.add(tokens, lengths)
+                    split_tokens += tokens.size
+                    bar.update(lengths.size)
+                    bar.set_postfix(tokens=f"{split_tokens:,}", refresh=False)
+                    if shard_size is not None and writer.tokens.length >= shard_size:
+                        shard.num_tokens, shard.num_documents = writer.close()
+                        info.shards.append(shard)
+                        writer = None
+                if writer is None and not info.shards:  # an empty split still gets one (empty) shard
+                    shard = ShardInfo(shard_name(0), 0, 0)
+                    writer = ShardWriter(root.create_group(shard_path(split, shard.name)), dtype=np.dtype(manifest.dtype),
+                                         chunk_size=manifest.chunk_size, checksum=manifest.checksum)
+                if writer is not None:
+                    shard.num_tokens, shard.num_documents = writer.close()
+                    info.shards.append(shard)
+            finally:
+                bar.close()
+            manifest.splits[split] = info
+            total_tokens += info.num_tokens
+            logger.info("split %s: %d documents, %d tokens, %d shard(s)", split, info.num_documents, info.num_tokens,
+                        len(info.shards))
+    if total_tokens == 0:
+        raise ValueError("the dataset produced no tokens: every document is empty")
+    manifest.status = STATUS_COMPLETE
+    root.attrs[ATTRIBUTE_KEY] = manifest.to_json()  # the commit point: the last write of the build
+
+
+# -- parallel encoding ------------------------------------------------------------------------------
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _init_worker(prepared: dict[str, Any], columns: list[str], separator: str, encoder: DocumentEncoder) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: workers are the parallelism
+    _WORKER_STATE.update(prepared=prepared, columns=columns, separator=separator, encoder=encoder)
+
+
+def _encode_range(task: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    split, a, b = task
+    state = _WORKER_STATE
+    batch = state["prepared"][split][a:b]
+    return state["encoder"].encode(document_texts(batch, state["columns"], state["separator"]))
+
+
+class _EncodePool:
+    """Encodes row ranges of the prepared splits, in order, in-process or on a process pool."""
+
+    def __init__(self, prepared, columns, separator, encoder, num_workers: int, start_method: str | None):
+        self.args = (prepared, columns, separator, encoder)
+        self.num_workers = num_workers
+        self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+        self.pool = None
+
+    def __enter__(self) -> "_EncodePool":
+        if self.num_workers > 1:
+            ctx = multiprocessing.get_context(self.start_method)
+            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker, initargs=self.args)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def encode(self, split: str, num_rows: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        tasks = [(split, a, min(a + batch_size, num_rows)) for a in range(0, num_rows, batch_size)]
+        if self.pool is None:
+            prepared, columns, separator, encoder = self.args
+            ds = prepared[split]
+            for _, a, b in tasks:
+                yield encoder.encode(document_texts(ds[a:b], columns, separator))
+        else:
+            yield from self.pool.imap(_encode_range, tasks, chunksize=1)

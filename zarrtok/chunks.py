@@ -1,0 +1,282 @@
+"""Reading token ranges from shards: memory-mapped raw chunk files locally, Zarr (whole chunks,
+LRU-cached) elsewhere; and :class:`TokenArray`, one contiguous virtual array over a split's shards.
+
+Every reader pickles as a small descriptor (location + array path + sizes), never as data, and
+re-creates file handles lazily in each process, so DataLoader workers (fork, spawn, forkserver)
+stay cheap and safe.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import mmap
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import IncompleteStoreError
+from .format import RawChunkLayout
+from .location import Location
+
+logger = logging.getLogger(__name__)
+
+#: Chunk files kept memory-mapped per shard reader (each map holds one file descriptor).
+DEFAULT_MAX_OPEN_CHUNKS = 256
+#: Bytes of whole chunks cached per process by the Zarr reader.
+DEFAULT_CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a reader needs to know about one shard's token array."""
+
+    location: Location
+    array_path: str  # relative to the store root
+    length: int
+    chunk_size: int
+    dtype: str
+    raw: RawChunkLayout | None  # None: read through Zarr
+
+
+class LocalShardReader:
+    """Reads a local shard by memory-mapping its raw chunk files (a slice costs a few µs)."""
+
+    def __init__(self, spec: ShardSpec, *, max_open_chunks: int = DEFAULT_MAX_OPEN_CHUNKS):
+        assert spec.raw is not None and spec.location.is_local
+        self.spec = spec
+        self.length = spec.length
+        self.chunk_size = spec.chunk_size
+        self.dtype = np.dtype(spec.dtype)
+        self.max_open_chunks = max(1, int(max_open_chunks))
+        self._dir = os.path.join(spec.location.local_path, spec.array_path)
+        self._maps: dict[int, np.ndarray] = {}
+        self._num_chunks = spec.raw.num_chunks
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "max_open_chunks": self.max_open_chunks}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], max_open_chunks=state["max_open_chunks"])
+
+    def _open(self, k: int) -> np.ndarray:
+        if not 0 <= k < self._num_chunks:
+            raise IndexError(f"chunk {k} out of range")
+        path = os.path.join(self._dir, self.spec.raw.chunk_key(k))
+        need = self.chunk_size * self.dtype.itemsize
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < need:
+                    raise IncompleteStoreError(f"chunk file {path} has {size} bytes, expected at least {need}")
+                mm = mmap.mmap(f.fileno(), need, access=mmap.ACCESS_READ)
+        except FileNotFoundError as exc:
+            raise IncompleteStoreError(f"chunk file {path} is missing") from exc
+        arr = np.frombuffer(mm, dtype=self.dtype, count=self.chunk_size)
+        if len(self._maps) >= self.max_open_chunks:
+            del self._maps[next(iter(self._maps))]  # drop the oldest map (FIFO)
+        self._maps[k] = arr
+        return arr
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``[a, b)`` of this shard (a read-only view when inside one chunk)."""
+        c = self.chunk_size
+        k = a // c
+        if b <= (k + 1) * c:
+            m = self._maps.get(k)
+            if m is None:
+                m = self._open(k)
+            off = a - k * c
+            return m[off : off + (b - a)]
+        out = np.empty(b - a, dtype=self.dtype)
+        self.read_into(a, b, out)
+        return out
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Copy tokens ``[a, b)`` into ``out`` (any numeric dtype, length ``b - a``)."""
+        c = self.chunk_size
+        pos = a
+        while pos < b:
+            k = pos // c
+            end = min(b, (k + 1) * c)
+            m = self._maps.get(k)
+            if m is None:
+                m = self._open(k)
+            out[pos - a : end - a] = m[pos - k * c : end - k * c]
+            pos = end
+
+
+class ZarrShardReader:
+    """Reads a shard through Zarr, fetching whole chunks into a bounded per-process LRU cache.
+
+    Used for stores that are not on local disk, and for arrays whose chunks are not raw bytes.
+    """
+
+    def __init__(self, spec: ShardSpec, *, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.spec = spec
+        self.length = spec.length
+        self.chunk_size = spec.chunk_size
+        self.dtype = np.dtype(spec.dtype)
+        self.cache_bytes = int(cache_bytes)
+        self._pid = None
+        self._array = None
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], cache_bytes=state["cache_bytes"])
+
+    def _zarr_array(self):
+        pid = os.getpid()
+        if self._array is None or self._pid != pid:
+            import zarr
+
+            location = Location(self.spec.location.url, self.spec.location.storage_options)  # fresh fs per process
+            group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+            self._array = group[self.spec.array_path]
+            self._pid = pid
+            self._cache.clear()
+            self._cached_bytes = 0
+        return self._array
+
+    def _chunk(self, k: int) -> np.ndarray:
+        with self._lock:
+            hit = self._cache.get(k)
+            if hit is not None:
+                self._cache.move_to_end(k)
+                return hit
+        arr = self._zarr_array()
+        start = k * self.chunk_size
+        data = np.asarray(arr[start : min(start + self.chunk_size, self.length)])
+        data.flags.writeable = False
+        with self._lock:
+            self._cache[k] = data
+            self._cached_bytes += data.nbytes
+            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.nbytes
+        return data
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``[a, b)`` of this shard."""
+        c = self.chunk_size
+        k = a // c
+        if b <= (k + 1) * c:
+            return self._chunk(k)[a - k * c : b - k * c]
+        out = np.empty(b - a, dtype=self.dtype)
+        self.read_into(a, b, out)
+        return out
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Copy tokens ``[a, b)`` into ``out``."""
+        c = self.chunk_size
+        pos = a
+        while pos < b:
+            k = pos // c
+            end = min(b, (k + 1) * c)
+            out[pos - a : end - a] = self._chunk(k)[pos - k * c : end - k * c]
+            pos = end
+
+
+def make_shard_reader(spec: ShardSpec, **options: Any):
+    """The fastest reader for a shard: memory maps for local raw chunks, Zarr otherwise."""
+    if spec.raw is not None and spec.location.is_local:
+        return LocalShardReader(spec, max_open_chunks=options.get("max_open_chunks", DEFAULT_MAX_OPEN_CHUNKS))
+    return ZarrShardReader(spec, cache_bytes=options.get("cache_bytes", DEFAULT_CACHE_BYTES))
+
+
+class TokenArray:
+    """A split's tokens as one contiguous read-only 1-D array over its shards.
+
+    ``len(a)``, ``a.dtype``, ``a[i]`` and ``a[i:j]`` (a numpy array of exactly those tokens, across
+    chunk and shard boundaries; a read-only view where possible). ``read(a, b)`` and
+    ``read_into(a, b, out)`` are the unchecked fast paths the dataset uses.
+    """
+
+    def __init__(self, readers: list, dtype: np.dtype, *, name: str = ""):
+        self.readers = [r for r in readers if r.length > 0]
+        self.dtype = np.dtype(dtype)
+        self.name = name
+        self.starts = [0]
+        for r in self.readers:
+            self.starts.append(self.starts[-1] + r.length)
+        self.length = self.starts[-1]
+        self._single = self.readers[0] if len(self.readers) == 1 else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.length,)
+
+    @property
+    def nbytes(self) -> int:
+        return self.length * self.dtype.itemsize
+
+    def __repr__(self) -> str:
+        return f"TokenArray(name={self.name!r}, length={self.length}, dtype={self.dtype}, shards={len(self.readers)})"
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``[a, b)``; requires ``0 <= a <= b <= len(self)`` (not checked)."""
+        single = self._single
+        if single is not None:
+            return single.read(a, b)
+        if a == b:
+            return np.empty(0, dtype=self.dtype)
+        i = bisect.bisect_right(self.starts, a) - 1
+        if b <= self.starts[i + 1]:
+            base = self.starts[i]
+            return self.readers[i].read(a - base, b - base)
+        out = np.empty(b - a, dtype=self.dtype)
+        self.read_into(a, b, out)
+        return out
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Copy tokens ``[a, b)`` into ``out`` (length ``b - a``, any numeric dtype)."""
+        single = self._single
+        if single is not None:
+            single.read_into(a, b, out)
+            return
+        pos = a
+        i = bisect.bisect_right(self.starts, a) - 1
+        while pos < b:
+            base = self.starts[i]
+            end = min(b, self.starts[i + 1])
+            self.readers[i].read_into(pos - base, end - base, out[pos - a : end - a])
+            pos = end
+            i += 1
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.length)
+            if step == 1:
+                return self.read(start, max(start, stop))
+            picks = range(start, stop, step)
+            if len(picks) == 0:
+                return np.empty(0, dtype=self.dtype)
+            lo, hi = min(picks[0], picks[-1]), max(picks[0], picks[-1]) + 1
+            return self.read(lo, hi)[np.asarray(picks) - lo]
+        try:
+            i = int(np.int64(key)) if not isinstance(key, (int, np.integer)) else int(key)
+        except (TypeError, ValueError):
+            raise TypeError(f"TokenArray indices must be integers or slices, not {type(key).__name__}") from None
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {key} out of range for {self.length} tokens")
+        return self.read(i, i + 1)[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.length, dtype=dtype or self.dtype)
+        if self.length:
+            self.read_into(0, self.length, out)
+        return out

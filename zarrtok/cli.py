@@ -1,0 +1,198 @@
+"""The ``zarrtok`` command line: ``build``, ``info``, ``sample`` and ``demo``, over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+
+
+def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if getattr(args, "storage_options_json", None):
+        with open(args.storage_options_json, encoding="utf-8") as f:
+            options.update(json.load(f))
+    for item in getattr(args, "storage_option", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--storage-option expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="fsspec storage option (repeatable; VALUE parsed as JSON when possible)")
+    p.add_argument("--storage-options-json", metavar="FILE", help="JSON file of fsspec storage options")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build
+
+    data_files: Any = args.data_files
+    if data_files and len(data_files) == 1:
+        data_files = data_files[0]
+    store = build(
+        args.dataset,
+        output=args.output,
+        dataset_config_name=args.config,
+        data_dir=args.data_dir,
+        data_files=data_files or None,
+        revision=args.revision,
+        tokenizer_name=args.tokenizer_name,
+        columns=args.column or None,
+        column_separator=args.column_separator,
+        validation_split=args.validation_split,
+        test_split=args.test_split,
+        seed=args.seed,
+        shuffle=args.shuffle,
+        splits=args.split or None,
+        num_workers=args.num_workers,
+        use_eos_token=not args.no_eos_token,
+        add_special_tokens=not args.no_special_tokens,
+        chunk_size=args.chunk_size,
+        shard_size=args.shard_size,
+        checksum=None if args.no_checksum else "crc32c",
+        overwrite=args.overwrite,
+        storage_options=_storage_options(args),
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    _print_info(store.info(), as_json=args.json)
+    return 0
+
+
+def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    tok = info["tokenizer"]
+    print(f"store        {info['url']}")
+    print(f"fingerprint  {info['fingerprint']}")
+    print(f"format       zarrtok v{info['format_version']}  (written by zarrtok {info['zarrtok_version']}, {info['created']})")
+    print(f"dtype        {info['dtype']}   chunk {info['chunk_size']:,} tokens   checksum {info['checksum']}")
+    print(f"tokenizer    {tok.get('class')} {tok.get('name_or_path')!r}  len={tok.get('len')}  "
+          f"eos={tok.get('eos_token')!r}({info['eos_token_id']})  sha256={str(tok.get('sha256'))[:12]}")
+    print(f"encoder      {info['encoder']}")
+    print(f"{'split':<12} {'tokens':>14} {'documents':>11} {'shards':>6} {'chunks':>7} {'bytes':>14} {'stored':>14}")
+    for name, s in info["splits"].items():
+        print(f"{name:<12} {s['tokens']:>14,} {s['documents']:>11,} {s['shards']:>6} {s['chunks']:>7} "
+              f"{s['token_bytes']:>14,} {s['stored_bytes']:>14,}")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .store import open as open_store
+
+    _print_info(open_store(args.path, storage_options=_storage_options(args)).info(), as_json=args.json)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .store import open as open_store
+
+    store = open_store(args.path, storage_options=_storage_options(args))
+    dataset = store.dataset(args.split, args.seq_len)
+    inputs, labels = dataset[args.index]
+    if args.ids:
+        print(json.dumps({"index": args.index, "inputs": inputs.tolist(), "labels": labels.tolist()}))
+    else:
+        window = inputs.tolist() + labels[-1:].tolist()
+        print(store.tokenizer.decode(window))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.output, num_docs=args.docs, num_workers=args.num_workers)
+    _print_info(summary["store"], as_json=False)
+    print()
+    print(f"train windows (seq_len 128): {summary['train_windows']:,}   validation windows: {summary['validation_windows']:,}")
+    print(f"labels are inputs shifted by one: {summary['labels_shifted']}")
+    print(f"stored tokens of the first document == tokenizer(doc) + [eos]: {summary['first_document_matches_tokenizer']}")
+    print(f"--- decoded train window {summary['sample_index']} ---")
+    print(summary["sample_text"])
+    ok = summary["labels_shifted"] and summary["first_document_matches_tokenizer"]
+    return 0 if ok else 1
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``zarrtok`` command."""
+    parser = argparse.ArgumentParser(prog="zarrtok", description="Tokenize datasets into Zarr token stores and read them.")
+    parser.add_argument("--version", action="version", version=f"zarrtok {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="tokenize a dataset into a store")
+    b.add_argument("dataset", help="load_dataset path/name: json, text, parquet, csv, a hub name or a local dir")
+    b.add_argument("--output", "-o", required=True, help="store path or fsspec URL")
+    b.add_argument("--config", help="dataset config name (dataset_config_name)")
+    b.add_argument("--data-dir")
+    b.add_argument("--data-files", nargs="+", help="data files (local paths or URLs)")
+    b.add_argument("--revision")
+    b.add_argument("--tokenizer-name", required=True, help="tokenizer name or local directory")
+    b.add_argument("--column", action="append", help="text column (repeatable; default 'text')")
+    b.add_argument("--column-separator", default="\n\n", help="joins several columns into one document")
+    b.add_argument("--validation-split", type=float, default=0.0)
+    b.add_argument("--test-split", type=float, default=0.0)
+    b.add_argument("--seed", type=int, default=42)
+    b.add_argument("--shuffle", action="store_true", help="shuffle document order in every split (seeded)")
+    b.add_argument("--split", action="append", help="only build these splits (repeatable)")
+    b.add_argument("--num-workers", type=int, default=1)
+    b.add_argument("--no-eos-token", action="store_true", help="do not append EOS after documents")
+    b.add_argument("--no-special-tokens", action="store_true", help="add_special_tokens=False when encoding")
+    b.add_argument("--chunk-size", type=int, help="tokens per chunk (default: 8 MiB worth)")
+    b.add_argument("--shard-size", type=int, help="tokens per shard before starting a new one")
+    b.add_argument("--no-checksum", action="store_true", help="no per-chunk crc32c")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    b.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the store info as JSON")
+    _add_storage_args(b)
+    b.set_defaults(func=_cmd_build)
+
+    i = sub.add_parser("info", help="describe a store")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    _add_storage_args(i)
+    i.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("sample", help="print the decoded text of one window")
+    s.add_argument("path")
+    s.add_argument("--split", default="train")
+    s.add_argument("--seq-len", type=int, required=True)
+    s.add_argument("--index", type=int, default=0)
+    s.add_argument("--ids", action="store_true", help="print token ids as JSON instead of text")
+    _add_storage_args(s)
+    s.set_defaults(func=_cmd_sample)
+
+    d = sub.add_parser("demo", help="offline end-to-end demo on generated data")
+    d.add_argument("--output", "-o", default="zarrtok-demo")
+    d.add_argument("--docs", type=int, default=5000)
+    d.add_argument("--num-workers", type=int, default=1)
+    d.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zarrtok`` console script."""
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .errors import ZarrtokError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ZarrtokError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IndexError) as exc:
+        print(f"zarrtok: error: {exc}", file=sys.stderr)
+        return 2
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

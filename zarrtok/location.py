@@ -1,0 +1,126 @@
+"""Where a store lives: a local path or any fsspec URL, turned into a filesystem and a Zarr store.
+
+This module is the only place that knows about storage backends; everything else receives a
+:class:`Location` and asks it for a Zarr store, a filesystem or a local directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+
+@dataclass
+class Location:
+    """A store location: the URL the user gave, its storage options and the resolved filesystem."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.url = os.fspath(self.url)
+        self.storage_options = dict(self.storage_options or {})
+        self._fs = None
+        self._path = None
+
+    def _resolve(self) -> None:
+        fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._fs, self._path = fs, path.rstrip("/") or path
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem (created lazily, once per Location object)."""
+        if self._fs is None:
+            self._resolve()
+        return self._fs
+
+    @property
+    def path(self) -> str:
+        """The path inside :attr:`fs`."""
+        if self._path is None:
+            self._resolve()
+        return self._path
+
+    @property
+    def is_local(self) -> bool:
+        """True when the store is a plain directory on this machine (memory-mappable)."""
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def local_path(self) -> str:
+        """Absolute local directory of the store (only for local locations)."""
+        if not self.is_local:
+            raise ValueError(f"{self.url} is not a local path")
+        return os.path.abspath(self.path)
+
+    def child(self, name: str) -> "Location":
+        """A location next to this one's path, e.g. a staging directory for a build."""
+        if self.is_local:
+            return Location(os.path.join(self.local_path, name), self.storage_options)
+        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, (tuple, list)) else self.fs.protocol
+        return Location(f"{protocol}://{self.path}/{name}", self.storage_options)
+
+    def sibling(self, name: str) -> "Location":
+        """A location in the same parent directory as this one."""
+        if self.is_local:
+            return Location(os.path.join(os.path.dirname(self.local_path), name), self.storage_options)
+        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, (tuple, list)) else self.fs.protocol
+        parent = self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+        return Location(f"{protocol}://{parent}/{name}" if parent else f"{protocol}://{name}", self.storage_options)
+
+    def zarr_store(self, *, read_only: bool) -> zarr.abc.store.Store:
+        """A Zarr store for this location (LocalStore on disk, FsspecStore elsewhere)."""
+        if self.is_local:
+            return zarr.storage.LocalStore(self.local_path, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(
+            self.url, storage_options=self.storage_options or None, read_only=read_only
+        )
+
+    def exists(self) -> bool:
+        """Whether anything exists at this location."""
+        return self.fs.exists(self.path)
+
+    def is_empty_or_missing(self) -> bool:
+        """True when nothing, or an empty directory, exists here."""
+        if not self.fs.exists(self.path):
+            return True
+        try:
+            return self.fs.isdir(self.path) and len(self.fs.ls(self.path, detail=False)) == 0
+        except FileNotFoundError:
+            return True
+
+    def has_file(self, relative: str) -> bool:
+        """Whether ``relative`` (a path under this location) exists."""
+        return self.fs.exists(f"{self.path}/{relative}")
+
+    def remove(self) -> None:
+        """Delete everything at this location (no error when nothing is there)."""
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Filesystems are re-created in each process (fork/spawn safety), never pickled.
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.url = state["url"]
+        self.storage_options = state["storage_options"]
+        self._fs = None
+        self._path = None
+
+
+def as_location(where: "str | os.PathLike[str] | Location", storage_options: dict[str, Any] | None = None) -> Location:
+    """Coerce a path, URL or Location into a Location."""
+    if isinstance(where, Location):
+        if storage_options:
+            return Location(where.url, {**where.storage_options, **storage_options})
+        return where
+    return Location(os.fspath(where), storage_options or {})

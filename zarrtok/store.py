@@ -1,0 +1,225 @@
+"""Opening a store: ``zarrtok.open(url)`` returns a :class:`TokenStore` with its splits, metadata,
+tokenizer, token arrays, document offsets and datasets."""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .chunks import ShardSpec, TokenArray, make_shard_reader
+from .dataset import TokenDataset
+from .errors import IncompleteStoreError, StoreNotFoundError
+from .format import (
+    TOKENIZER_GROUP,
+    Manifest,
+    doc_ends_path,
+    raw_chunk_layout,
+    tokens_path,
+)
+from .location import Location, as_location
+
+logger = logging.getLogger(__name__)
+
+
+def read_manifest(location: Location) -> Manifest:
+    """Read and validate the manifest of the store at ``location`` (raises if absent or incomplete)."""
+    try:
+        raw = location.fs.cat_file(f"{location.path}/zarr.json")
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"no zarrtok store at {location.url} (no zarr.json)") from None
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise IncompleteStoreError(f"{location.url}/zarr.json is not valid JSON: {exc}") from exc
+    if meta.get("node_type") != "group" or meta.get("zarr_format") != 3:
+        raise IncompleteStoreError(f"{location.url} is not a Zarr v3 group")
+    return Manifest.from_attributes(meta.get("attributes") or {}, location.url)
+
+
+def open(path_or_url: str | os.PathLike | Location, *, storage_options: dict[str, Any] | None = None) -> "TokenStore":  # noqa: A001
+    """Open a complete zarrtok store at a local path or fsspec URL."""
+    location = as_location(path_or_url, storage_options)
+    return TokenStore(location, read_manifest(location))
+
+
+class TokenStore:
+    """A committed zarrtok store: metadata, tokenizer, and readers for each split."""
+
+    def __init__(self, location: Location, manifest: Manifest, *, reader_options: dict[str, Any] | None = None):
+        self.location = location
+        self.manifest = manifest
+        self.reader_options = dict(reader_options or {})
+        self._tokens: dict[str, TokenArray] = {}
+
+    # -- metadata -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names in build order."""
+        return list(self.manifest.splits)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The build configuration recorded in the store."""
+        return self.manifest.config
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the tokens (source, tokenizer, columns, rules)."""
+        return self.manifest.fingerprint
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.manifest.dtype)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.manifest.eos_token_id
+
+    def num_tokens(self, split: str) -> int:
+        return self._split(split).num_tokens
+
+    def num_documents(self, split: str) -> int:
+        return self._split(split).num_documents
+
+    def _split(self, split: str):
+        try:
+            return self.manifest.splits[split]
+        except KeyError:
+            raise KeyError(f"unknown split {split!r}: the store has {self.splits}") from None
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={self.num_tokens(s):,}" for s in self.splits)
+        return f"TokenStore({self.url!r}, dtype={self.dtype}, tokens: {sizes}, fingerprint={self.fingerprint[:12]})"
+
+    # -- Zarr access ----------------------------------------------------------------------------
+    @functools.cached_property
+    def group(self) -> zarr.Group:
+        """The root group opened read-only with plain zarr."""
+        return zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
+
+    def _array_metadata(self, path: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.location.fs.cat_file(f"{self.location.path}/{path}/zarr.json"))
+        except FileNotFoundError:
+            raise IncompleteStoreError(f"{self.url}: array {path} is missing") from None
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def tokens(self, split: str) -> TokenArray:
+        """The split's tokens as one contiguous array (memory-mapped locally)."""
+        cached = self._tokens.get(split)
+        if cached is not None:
+            return cached
+        info = self._split(split)
+        readers = []
+        for shard in info.shards:
+            path = tokens_path(split, shard.name)
+            meta = self._array_metadata(path)
+            layout = raw_chunk_layout(meta)
+            shape = int(meta["shape"][0])
+            if shape != shard.num_tokens:
+                raise IncompleteStoreError(
+                    f"{self.url}: {path} holds {shape} tokens but the manifest says {shard.num_tokens}"
+                )
+            if np.dtype(meta["data_type"]) != self.dtype:
+                raise IncompleteStoreError(f"{self.url}: {path} has dtype {meta['data_type']}, manifest says {self.dtype}")
+            chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            spec = ShardSpec(self.location, path, shape, chunk, self.dtype.name, layout)
+            readers.append(make_shard_reader(spec, **self.reader_options))
+        array = TokenArray(readers, self.dtype, name=split)
+        self._tokens[split] = array
+        return array
+
+    def documents(self, split: str) -> np.ndarray:
+        """Document offsets: int64 array of length ``num_documents + 1``; document ``d`` is tokens
+        ``[offsets[d], offsets[d + 1])`` including its EOS. Empty source documents have length 0."""
+        info = self._split(split)
+        parts = [np.zeros(1, dtype=np.int64)]
+        base = 0
+        for shard in info.shards:
+            ends = np.asarray(self.group[doc_ends_path(split, shard.name)][:], dtype=np.int64)
+            if ends.size != shard.num_documents or (ends.size and int(ends[-1]) != shard.num_tokens):
+                raise IncompleteStoreError(f"{self.url}: document offsets of {split}/{shard.name} are inconsistent")
+            parts.append(ends + base)
+            base += shard.num_tokens
+        return np.concatenate(parts)
+
+    def dataset(self, split: str, seq_len: int) -> TokenDataset:
+        """A :class:`TokenDataset` of ``seq_len`` windows over ``split``."""
+        return TokenDataset(self.tokens(split), seq_len, split=split)
+
+    # -- tokenizer ------------------------------------------------------------------------------
+    def tokenizer_files(self) -> dict[str, bytes]:
+        """The stored tokenizer files (``tokenizer.json`` and its config) as bytes."""
+        group = self.group[TOKENIZER_GROUP]
+        return {name: bytes(np.asarray(arr[:], dtype=np.uint8)) for name, arr in group.arrays()}
+
+    @functools.cached_property
+    def tokenizer(self):
+        """A working ``transformers`` tokenizer restored from the store's ``tokenizer.json``."""
+        from .tokenization import tokenizer_from_files
+
+        return tokenizer_from_files(self.tokenizer_files())
+
+    def save_tokenizer(self, directory: str | os.PathLike) -> list[str]:
+        """Write the stored tokenizer files into ``directory`` (loadable with ``AutoTokenizer``)."""
+        os.makedirs(directory, exist_ok=True)
+        written = []
+        for name, data in self.tokenizer_files().items():
+            path = os.path.join(directory, name)
+            with builtins.open(path, "wb") as f:
+                f.write(data)
+            written.append(path)
+        return written
+
+    # -- summary --------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: splits (tokens, documents, shards, chunks, bytes), dtype, tokenizer, fingerprint."""
+        splits = {}
+        for split in self.splits:
+            info = self._split(split)
+            chunks = 0
+            stored = 0
+            for shard in info.shards:
+                meta = self._array_metadata(tokens_path(split, shard.name))
+                layout = raw_chunk_layout(meta)
+                chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+                n = -(-shard.num_tokens // chunk) if shard.num_tokens else 0
+                chunks += n
+                trailer = layout.trailer_bytes if layout else 0
+                stored += n * (chunk * self.dtype.itemsize + trailer)
+            splits[split] = {
+                "tokens": info.num_tokens,
+                "documents": info.num_documents,
+                "shards": len(info.shards),
+                "chunks": chunks,
+                "token_bytes": info.num_tokens * self.dtype.itemsize,
+                "stored_bytes": stored,
+            }
+        m = self.manifest
+        return {
+            "url": self.url,
+            "format_version": m.format_version,
+            "fingerprint": m.fingerprint,
+            "dtype": m.dtype,
+            "chunk_size": m.chunk_size,
+            "checksum": m.checksum,
+            "eos_token_id": m.eos_token_id,
+            "encoder": m.encoder,
+            "tokenizer": m.tokenizer,
+            "splits": splits,
+            "config": m.config,
+            "created": m.created,
+            "zarrtok_version": m.zarrtok_version,
+        }
+

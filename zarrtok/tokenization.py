@@ -1,0 +1,174 @@
+"""Tokenizers: loading, serialising as ``tokenizer.json`` (never pickle), and batched encoding.
+
+The build encodes with the tokenizer's Rust backend (``tokenizers.Tokenizer``), which is what a
+``transformers`` fast tokenizer calls underneath, so ``store tokens == tokenizer(doc)["input_ids"]
++ [eos]`` for every non-empty document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import tokenizers
+import transformers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .format import dtype_for_max_id
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def load_tokenizer(tokenizer: Any = None, tokenizer_name: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
+    """Return a fast ``transformers`` tokenizer from an instance, a hub name or a local directory."""
+    if tokenizer is not None and tokenizer_name is not None:
+        raise ValueError("pass either `tokenizer` or `tokenizer_name`, not both")
+    if tokenizer is None and tokenizer_name is None:
+        raise ValueError("a tokenizer is required: pass `tokenizer` (an instance) or `tokenizer_name` (name or path)")
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_name))
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    elif isinstance(tokenizer, tokenizers.Tokenizer):
+        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(f"unsupported tokenizer type {type(tokenizer).__name__}: expected a transformers tokenizer")
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer: zarrtok stores tokenizers as tokenizer.json "
+            "and encodes with the `tokenizers` backend; load it with use_fast=True"
+        )
+    return tokenizer
+
+
+def backend_json(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The backend tokenizer serialised as JSON, with truncation and padding switched off."""
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend.to_str()
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of everything in the tokenizer that decides token ids."""
+    canonical = json.dumps(json.loads(backend_json(tokenizer)), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def max_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Largest id the tokenizer can produce: from ``len(tokenizer)`` and the backend vocabulary with added tokens."""
+    backend_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+    ids = list(tokenizer.get_vocab().values())
+    return max(len(tokenizer), backend_size, (max(ids) + 1) if ids else 0) - 1
+
+
+def choose_dtype(tokenizer: PreTrainedTokenizerBase) -> np.dtype:
+    """``uint16`` when every id fits, else ``uint32`` (never chosen from ``vocab_size`` alone)."""
+    return dtype_for_max_id(max_token_id(tokenizer))
+
+
+def tokenizer_summary(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """Small JSON-able description of a tokenizer for the store manifest."""
+    return {
+        "class": type(tokenizer).__name__,
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
+        "len": len(tokenizer),
+        "max_id": max_token_id(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "sha256": tokenizer_digest(tokenizer),
+    }
+
+
+def tokenizer_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, bytes]:
+    """The tokenizer's files (``tokenizer.json`` + config), as written by ``save_pretrained``; no pickle."""
+    with tempfile.TemporaryDirectory(prefix="zarrtok-tok-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        files = {}
+        for name in sorted(os.listdir(tmp)):
+            if not name.endswith(".json"):
+                continue  # e.g. vocab.txt / merges.txt duplicates of tokenizer.json content
+            with open(os.path.join(tmp, name), "rb") as f:
+                files[name] = f.read()
+    if "tokenizer.json" not in files:
+        files["tokenizer.json"] = tokenizer.backend_tokenizer.to_str().encode("utf-8")
+    return files
+
+
+def tokenizer_from_files(files: dict[str, bytes]) -> PreTrainedTokenizerBase:
+    """Rebuild a working ``transformers`` tokenizer from the files written by :func:`tokenizer_files`."""
+    with tempfile.TemporaryDirectory(prefix="zarrtok-tok-") as tmp:
+        for name, data in files.items():
+            if os.path.basename(name) != name or not name.endswith(".json"):
+                raise ValueError(f"unexpected tokenizer file name {name!r}")
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        try:
+            return AutoTokenizer.from_pretrained(tmp)
+        except Exception as exc:  # unknown tokenizer class in config: fall back to the generic fast class
+            logger.warning("AutoTokenizer could not restore the stored tokenizer (%s); using PreTrainedTokenizerFast", exc)
+            config = json.loads(files.get("tokenizer_config.json", b"{}"))
+            special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
+            return transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(tmp, "tokenizer.json"), **special)
+
+
+class DocumentEncoder:
+    """Encodes batches of document texts into one flat token array plus per-document token counts.
+
+    Picklable by value (it carries the tokenizer as JSON), so worker processes can rebuild it.
+    """
+
+    def __init__(self, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool, dtype: str):
+        self.tokenizer_json = tokenizer_json
+        self.eos_token_id = eos_token_id
+        self.add_special_tokens = add_special_tokens
+        self.dtype = np.dtype(dtype)
+        self._backend: tokenizers.Tokenizer | None = None
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        if self._backend is None:
+            self._backend = tokenizers.Tokenizer.from_str(self.tokenizer_json)
+        return self._backend
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_backend"] = None
+        return state
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(tokens, lengths)``: tokens of all documents in order (EOS after each non-empty
+        one when enabled) and each document's token count. Empty documents contribute nothing."""
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        nonempty = [i for i, t in enumerate(texts) if t]
+        if not nonempty:
+            return np.zeros(0, dtype=self.dtype), lengths
+        encodings = self.backend.encode_batch_fast(
+            [texts[i] for i in nonempty], add_special_tokens=self.add_special_tokens
+        )
+        id_lists = [e.ids for e in encodings]
+        eos = self.eos_token_id
+        if eos is not None:
+            for ids in id_lists:
+                ids.append(eos)
+        counts = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
+        lengths[nonempty] = counts
+        total = int(counts.sum())
+        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
+        if total:
+            top = int(flat.max())
+            if top > np.iinfo(self.dtype).max or int(flat.min()) < 0:
+                raise OverflowError(
+                    f"token id {top} does not fit the store dtype {self.dtype}; "
+                    "the tokenizer produced an id beyond its declared vocabulary"
+                )
+        return flat.astype(self.dtype), lengths
