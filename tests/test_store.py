@@ -1,0 +1,146 @@
+"""Opening stores: metadata, document offsets, the restored tokenizer, info, the Zarr read path
+(non-local stores, via fsspec's memory://), and refusal of things that are not complete stores."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+
+import zarrtok
+from zarrtok.chunks import LocalShardReader, ZarrShardReader
+from zarrtok.errors import FormatVersionError, IncompleteStoreError, StoreNotFoundError
+
+from .conftest import expected_doc_lengths
+
+
+def test_open_exposes_metadata(small_chunk_store, truth, tokenizer):
+    store = zarrtok.open(small_chunk_store.url)
+    assert store.splits == ["train"]
+    assert store.fingerprint == small_chunk_store.fingerprint and len(store.fingerprint) == 64
+    assert store.config["columns"] == ["text"] and store.config["use_eos_token"] is True
+    assert store.config["chunk_size"] == 777
+    assert store.num_tokens("train") == len(truth)
+    assert store.eos_token_id == tokenizer.eos_token_id
+    assert store.manifest.encoder.startswith("hf-tokenizers==")
+    assert isinstance(store.tokens("train").readers[0], LocalShardReader)
+    assert "train=" in repr(store)
+
+
+def test_documents_offsets(small_chunk_store, tokenizer, docs, truth):
+    offsets = small_chunk_store.documents("train")
+    assert offsets.dtype == np.int64 and offsets[0] == 0 and offsets[-1] == len(truth)
+    assert len(offsets) == len(docs) + 1
+    np.testing.assert_array_equal(np.diff(offsets), expected_doc_lengths(tokenizer, docs))
+    tokens = small_chunk_store.tokens("train")
+    for d in (1, 5, len(docs) - 1):
+        expected = tokenizer(docs[d])["input_ids"] + [tokenizer.eos_token_id] if docs[d] else []
+        assert tokens[int(offsets[d]) : int(offsets[d + 1])].tolist() == expected
+
+
+def test_tokenizer_restored_from_store(small_chunk_store, tokenizer, docs, tmp_path):
+    restored = small_chunk_store.tokenizer
+    for doc in docs[:50]:
+        assert restored(doc)["input_ids"] == tokenizer(doc)["input_ids"]
+    assert restored.eos_token_id == tokenizer.eos_token_id
+    assert restored.decode(tokenizer("hello world")["input_ids"]) == "hello world"
+    written = small_chunk_store.save_tokenizer(tmp_path / "tok")
+    assert any(p.endswith("tokenizer.json") for p in written)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert again(docs[3])["input_ids"] == tokenizer(docs[3])["input_ids"]
+
+
+def test_info(small_chunk_store, truth):
+    info = small_chunk_store.info()
+    json.dumps(info)  # JSON-able
+    split = info["splits"]["train"]
+    assert split["tokens"] == len(truth)
+    assert split["shards"] == len(small_chunk_store.manifest.splits["train"].shards) > 1
+    assert split["chunks"] >= len(truth) // 777
+    assert split["token_bytes"] == 2 * len(truth) <= split["stored_bytes"]
+    assert info["dtype"] == "uint16" and info["checksum"] == "crc32c"
+    assert info["tokenizer"]["eos_token"] == "<|endoftext|>"
+
+
+def test_memory_url_store_reads_through_zarr(tokenizer, docs, truth):
+    ds = datasets.Dataset.from_dict({"text": docs})
+    url = "memory://zarrtok-test/store-a"
+    store = zarrtok.build(ds, tokenizer=tokenizer, output=url, chunk_size=1000, progress=False, overwrite=True)
+    reopened = zarrtok.open(url)
+    assert isinstance(reopened.tokens("train").readers[0], ZarrShardReader)
+    np.testing.assert_array_equal(np.asarray(reopened.tokens("train"), dtype=np.int64), truth)
+    data = reopened.dataset("train", 333)
+    for i in (0, 2, len(data) - 1):
+        np.testing.assert_array_equal(data[i][0].numpy(), truth[i * 333 : i * 333 + 333])
+    assert reopened.fingerprint == store.fingerprint
+    assert reopened.tokenizer(docs[1])["input_ids"] == tokenizer(docs[1])["input_ids"]
+
+
+def test_uncompressed_store_without_checksum(tmp_path, tokenizer, docs, truth):
+    ds = datasets.Dataset.from_dict({"text": docs})
+    store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", checksum=None, chunk_size=500, progress=False)
+    assert os.path.getsize(tmp_path / "s/splits/train/shards/000000/tokens/c/0") == 1000
+    np.testing.assert_array_equal(np.asarray(store.tokens("train"), dtype=np.int64), truth)
+
+
+def test_small_store_has_no_chunk_padding(tmp_path, tokenizer):
+    ds = datasets.Dataset.from_dict({"text": ["just a few tokens here"]})
+    store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", progress=False)
+    n = store.num_tokens("train")
+    assert os.path.getsize(tmp_path / "s/splits/train/shards/000000/tokens/c/0") == 2 * n + 4
+
+
+def test_open_missing(tmp_path):
+    with pytest.raises(StoreNotFoundError, match="no zarrtok store"):
+        zarrtok.open(tmp_path / "nothing")
+
+
+def test_open_plain_zarr_group_is_not_a_store(tmp_path):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "g"), mode="w")
+    with pytest.raises(IncompleteStoreError, match="not a zarrtok store"):
+        zarrtok.open(tmp_path / "g")
+
+
+def _edit_manifest(path, **changes):
+    meta_path = os.path.join(path, "zarr.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["attributes"]["zarrtok"].update(changes)
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+
+
+def test_open_newer_format(tmp_path, tokenizer):
+    ds = datasets.Dataset.from_dict({"text": ["a b c"]})
+    zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", progress=False)
+    _edit_manifest(tmp_path / "s", format_version=99)
+    with pytest.raises(FormatVersionError, match="upgrade zarrtok"):
+        zarrtok.open(tmp_path / "s")
+
+
+def test_manifest_inconsistent_with_arrays(tmp_path, tokenizer):
+    ds = datasets.Dataset.from_dict({"text": ["a b c", "d e"]})
+    store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", progress=False)
+    shards = store.manifest.to_json()["splits"]
+    shards["train"]["shards"][0]["num_tokens"] += 5
+    shards["train"]["num_tokens"] += 5
+    _edit_manifest(tmp_path / "s", splits=shards)
+    with pytest.raises(IncompleteStoreError, match="manifest says"):
+        zarrtok.open(tmp_path / "s").tokens("train")
+
+
+def test_missing_chunk_file_is_reported(tmp_path, tokenizer, docs):
+    ds = datasets.Dataset.from_dict({"text": docs})
+    zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", chunk_size=300, progress=False)
+    os.remove(tmp_path / "s/splits/train/shards/000000/tokens/c/2")
+    data = zarrtok.open(tmp_path / "s").dataset("train", 100)
+    data[0]
+    with pytest.raises(IncompleteStoreError, match="missing"):
+        data[7]
