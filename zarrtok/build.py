@@ -312,21 +312,22 @@ def _write_store(
     progress: bool,
     start_method: str | None,
 ) -> None:
-    if not staging.is_local:
-        staging.remove()  # in-place remote build: clear what _reuse_or_clear allowed us to replace
-    root = zarr.open_group(staging.zarr_store(read_only=False), mode="w", attributes={ATTRIBUTE_KEY: manifest.to_json()})
-    tok_group = root.create_group(TOKENIZER_GROUP)
-    for name, data in tokenizer_files(tok).items():
-        arr = tok_group.create_array(
-            name, shape=(len(data),), chunks=(max(1, len(data)),), dtype="uint8",
-            compressors=_compressors(manifest.checksum), filters=None, fill_value=0,
-            config={"write_empty_chunks": True},
-        )
-        arr[:] = np.frombuffer(data, dtype=np.uint8)
-
     prepared = {name: ds.select_columns(columns) for name, ds in split_datasets.items()}
     total_tokens = 0
+    # Start worker processes before any Zarr I/O (no background threads exist yet when they fork).
     with _EncodePool(prepared, columns, separator, encoder, num_workers, start_method) as pool:
+        if not staging.is_local:
+            staging.remove()  # in-place remote build: clear what _reuse_or_clear allowed us to replace
+        root = zarr.open_group(staging.zarr_store(read_only=False), mode="w", attributes={ATTRIBUTE_KEY: manifest.to_json()})
+        tok_group = root.create_group(TOKENIZER_GROUP)
+        for name, data in tokenizer_files(tok).items():
+            arr = tok_group.create_array(
+                name, shape=(len(data),), chunks=(max(1, len(data)),), dtype="uint8",
+                compressors=_compressors(manifest.checksum), filters=None, fill_value=0,
+                config={"write_empty_chunks": True},
+            )
+            arr[:] = np.frombuffer(data, dtype=np.uint8)
+
         for split, ds in prepared.items():
             info = SplitInfo()
             writer, shard = None, None

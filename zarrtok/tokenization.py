@@ -24,7 +24,7 @@ from .format import dtype_for_max_id
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth")
 
 
 def load_tokenizer(tokenizer: Any = None, tokenizer_name: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
@@ -90,14 +90,16 @@ def tokenizer_summary(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
 
 
 def tokenizer_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, bytes]:
-    """The tokenizer's files (``tokenizer.json`` + config), as written by ``save_pretrained``; no pickle."""
+    """The tokenizer's files as written by ``save_pretrained`` (``tokenizer.json``, its config, a chat
+    template...), never a pickle."""
     with tempfile.TemporaryDirectory(prefix="zarrtok-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
         files = {}
         for name in sorted(os.listdir(tmp)):
-            if not name.endswith(".json"):
-                continue  # e.g. vocab.txt / merges.txt duplicates of tokenizer.json content
-            with open(os.path.join(tmp, name), "rb") as f:
+            path = os.path.join(tmp, name)
+            if not os.path.isfile(path) or name.endswith(PICKLE_SUFFIXES):
+                continue  # never store pickles (a slow tokenizer's leftovers)
+            with open(path, "rb") as f:
                 files[name] = f.read()
     if "tokenizer.json" not in files:
         files["tokenizer.json"] = tokenizer.backend_tokenizer.to_str().encode("utf-8")
@@ -108,7 +110,7 @@ def tokenizer_from_files(files: dict[str, bytes]) -> PreTrainedTokenizerBase:
     """Rebuild a working ``transformers`` tokenizer from the files written by :func:`tokenizer_files`."""
     with tempfile.TemporaryDirectory(prefix="zarrtok-tok-") as tmp:
         for name, data in files.items():
-            if os.path.basename(name) != name or not name.endswith(".json"):
+            if os.path.basename(name) != name or name in ("", ".", "..") or name.endswith(PICKLE_SUFFIXES):
                 raise ValueError(f"unexpected tokenizer file name {name!r}")
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
