@@ -18,7 +18,7 @@ def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
             options.update(json.load(f))
     for item in getattr(args, "storage_option", None) or []:
         if "=" not in item:
-            raise SystemExit(f"--storage-option expects key=value, got {item!r}")
+            raise ValueError(f"--storage-option expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         try:
             options[key] = json.loads(value)

@@ -24,6 +24,9 @@ class Location:
 
     def __post_init__(self) -> None:
         self.url = os.fspath(self.url)
+        if "://" not in self.url and "::" not in self.url:
+            # A plain local path: fix it now, so a pickled reader finds it from any working directory.
+            self.url = os.path.abspath(os.path.expanduser(self.url))
         self.storage_options = dict(self.storage_options or {})
         self._fs = None
         self._path = None
