@@ -168,14 +168,28 @@ def test_default_collate_also_works(small_chunk_store, truth):
     np.testing.assert_array_equal(labels[1].numpy(), truth[51:101])
 
 
-def test_max_open_chunks_bounds_open_maps(small_chunk_store, truth):
-    store = zarrtok.open(small_chunk_store.url)
-    store.reader_options["max_open_chunks"] = 2
+def test_mapping_budget_bounds_maps(small_chunk_store, truth):
+    store = zarrtok.open(small_chunk_store.url, reader_options={"max_mapped_chunks": 3})
     ds = store.dataset("train", 100)
-    for i in range(len(ds)):
+    for i in list(range(len(ds))) + list(range(len(ds) - 1, -1, -7)):
         np.testing.assert_array_equal(ds[i][0].numpy(), truth[i * 100 : i * 100 + 100])
-    for reader in store.tokens("train").readers:
-        assert len(reader._maps) <= 2
+    readers = store.tokens("train").readers
+    assert len(readers) > 1
+    assert sum(len(r._maps) for r in readers) <= 3  # one budget for all shards of the store
+
+
+def test_chunk_maps_hold_no_file_descriptors(tmp_path, tokenizer, docs, truth):
+    import datasets
+    import os
+
+    store = zarrtok.build(datasets.Dataset.from_dict({"text": docs}), tokenizer=tokenizer, output=tmp_path / "s",
+                          chunk_size=64, progress=False)
+    tokens = zarrtok.open(tmp_path / "s").tokens("train")
+    before = len(os.listdir("/proc/self/fd"))
+    np.testing.assert_array_equal(np.asarray(tokens, dtype=np.int64), truth)  # maps all ~900 chunks
+    assert sum(len(r._maps) for r in tokens.readers) == -(-len(truth) // 64)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    assert store is not None
 
 
 def test_dataset_over_plain_numpy_source(truth):
@@ -196,3 +210,15 @@ def test_dataset_over_plain_numpy_source(truth):
     ds = TokenDataset(Source(), 10)
     assert len(ds) == (len(truth) - 1) // 10
     np.testing.assert_array_equal(ds[5][1].numpy(), truth[51:61])
+
+
+def test_views_outlive_evicted_maps(small_chunk_store, truth):
+    import gc
+
+    store = zarrtok.open(small_chunk_store.url, reader_options={"max_mapped_chunks": 1})
+    tokens = store.tokens("train")
+    view = tokens[5:50]  # a view into chunk 0's map
+    for start in range(1000, len(truth) - 10, 997):
+        tokens[start : start + 5]  # evicts chunk 0's map from the reader
+    gc.collect()
+    np.testing.assert_array_equal(np.asarray(view, dtype=np.int64), truth[5:50])

@@ -470,3 +470,19 @@ def test_pickled_dataset_small_with_many_chunks_and_shards(tmp_path, jsonl_path,
     assert len(data) < 10_000
     clone = pickle.loads(data)
     _assert_dataset_matches(clone, truth, 33)
+
+
+def test_from_disk_builds_from_a_saved_dataset(tmp_path, tokenizer_dir, tokenizer, docs):
+    import datasets
+
+    from zarrtok import FastHfDatasetProvider
+
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "saved"))
+    provider = FastHfDatasetProvider.from_disk(tmp_path / "saved", tokenizer_name=tokenizer_dir,
+                                               validation_split=0.0, cache_dir=tmp_path / "cache")
+    assert provider.store.splits == ["train"]
+    np.testing.assert_array_equal(np.asarray(provider.store.tokens("train"), dtype=np.int64),
+                                  expected_tokens(tokenizer, docs))
+    again = FastHfDatasetProvider.from_disk(tmp_path / "saved", tokenizer_name=tokenizer_dir,
+                                            validation_split=0.0, cache_dir=tmp_path / "cache")
+    assert again.fingerprint == provider.fingerprint

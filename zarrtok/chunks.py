@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -22,11 +21,11 @@ import numpy as np
 from .errors import IncompleteStoreError
 from .format import RawChunkLayout
 from .location import Location
+from . import mapping
+from .mapping import MapBudget, map_file
 
 logger = logging.getLogger(__name__)
 
-#: Chunk files kept memory-mapped per shard reader (each map holds one file descriptor).
-DEFAULT_MAX_OPEN_CHUNKS = 256
 #: Bytes of whole chunks cached per process by the Zarr reader.
 DEFAULT_CACHE_BYTES = 256 << 20
 
@@ -43,25 +42,63 @@ class ShardSpec:
     raw: RawChunkLayout | None  # None: read through Zarr
 
 
-class LocalShardReader:
-    """Reads a local shard by memory-mapping its raw chunk files (a slice costs a few µs)."""
+class ChunkedShardReader:
+    """Base of the shard readers: ``read`` / ``read_into`` over a ``_chunk(k)`` that returns chunk ``k``'s tokens."""
 
-    def __init__(self, spec: ShardSpec, *, max_open_chunks: int = DEFAULT_MAX_OPEN_CHUNKS):
+    chunk_size: int
+    dtype: np.dtype
+
+    def _chunk(self, k: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``[a, b)`` of this shard (a read-only view when inside one chunk)."""
+        c = self.chunk_size
+        k = a // c
+        if b <= (k + 1) * c:
+            return self._chunk(k)[a - k * c : b - k * c]
+        out = np.empty(b - a, dtype=self.dtype)
+        self.read_into(a, b, out)
+        return out
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Copy tokens ``[a, b)`` into ``out`` (any numeric dtype, length ``b - a``)."""
+        c = self.chunk_size
+        pos = a
+        while pos < b:
+            k = pos // c
+            end = min(b, (k + 1) * c)
+            out[pos - a : end - a] = self._chunk(k)[pos - k * c : end - k * c]
+            pos = end
+
+
+class LocalShardReader(ChunkedShardReader):
+    """Reads a local shard by memory-mapping its raw chunk files (a slice costs a few µs).
+
+    Maps hold no file descriptor (see :mod:`zarrtok.mapping`); how many stay mapped is bounded by a
+    :class:`~zarrtok.mapping.MapBudget`, the process-wide one unless ``budget`` is given.
+    """
+
+    def __init__(self, spec: ShardSpec, *, budget: MapBudget | None = None):
         assert spec.raw is not None and spec.location.is_local
         self.spec = spec
         self.length = spec.length
         self.chunk_size = spec.chunk_size
         self.dtype = np.dtype(spec.dtype)
-        self.max_open_chunks = max(1, int(max_open_chunks))
+        self.budget = budget
         self._dir = os.path.join(spec.location.local_path, spec.array_path)
         self._maps: dict[int, np.ndarray] = {}
         self._num_chunks = spec.raw.num_chunks
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "max_open_chunks": self.max_open_chunks}
+        return {"spec": self.spec, "limit": self.budget.limit if self.budget is not None else None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["spec"], max_open_chunks=state["max_open_chunks"])
+        limit = state.get("limit")
+        self.__init__(state["spec"], budget=MapBudget(limit) if limit else None)
+
+    def _forget(self, k: int) -> None:
+        self._maps.pop(k, None)
 
     def _open(self, k: int) -> np.ndarray:
         if not 0 <= k < self._num_chunks:
@@ -69,21 +106,21 @@ class LocalShardReader:
         path = os.path.join(self._dir, self.spec.raw.chunk_key(k))
         need = self.chunk_size * self.dtype.itemsize
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < need:
-                    raise IncompleteStoreError(f"chunk file {path} has {size} bytes, expected at least {need}")
-                mm = mmap.mmap(f.fileno(), need, access=mmap.ACCESS_READ)
+            arr = map_file(path, need, self.dtype, self.chunk_size)
         except FileNotFoundError as exc:
             raise IncompleteStoreError(f"chunk file {path} is missing") from exc
-        arr = np.frombuffer(mm, dtype=self.dtype, count=self.chunk_size)
-        if len(self._maps) >= self.max_open_chunks:
-            del self._maps[next(iter(self._maps))]  # drop the oldest map (FIFO)
+        except ValueError as exc:
+            raise IncompleteStoreError(f"chunk file {exc}") from exc
         self._maps[k] = arr
+        (self.budget if self.budget is not None else mapping.GLOBAL_BUDGET).add(self, k, self._forget)
         return arr
 
+    def _chunk(self, k: int) -> np.ndarray:
+        m = self._maps.get(k)
+        return m if m is not None else self._open(k)
+
     def read(self, a: int, b: int) -> np.ndarray:
-        """Tokens ``[a, b)`` of this shard (a read-only view when inside one chunk)."""
+        """Tokens ``[a, b)`` of this shard (a read-only view when inside one chunk). Inlined hot path."""
         c = self.chunk_size
         k = a // c
         if b <= (k + 1) * c:
@@ -96,21 +133,8 @@ class LocalShardReader:
         self.read_into(a, b, out)
         return out
 
-    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
-        """Copy tokens ``[a, b)`` into ``out`` (any numeric dtype, length ``b - a``)."""
-        c = self.chunk_size
-        pos = a
-        while pos < b:
-            k = pos // c
-            end = min(b, (k + 1) * c)
-            m = self._maps.get(k)
-            if m is None:
-                m = self._open(k)
-            out[pos - a : end - a] = m[pos - k * c : end - k * c]
-            pos = end
 
-
-class ZarrShardReader:
+class ZarrShardReader(ChunkedShardReader):
     """Reads a shard through Zarr, fetching whole chunks into a bounded per-process LRU cache.
 
     Used for stores that are not on local disk, and for arrays whose chunks are not raw bytes.
@@ -165,31 +189,11 @@ class ZarrShardReader:
                 self._cached_bytes -= old.nbytes
         return data
 
-    def read(self, a: int, b: int) -> np.ndarray:
-        """Tokens ``[a, b)`` of this shard."""
-        c = self.chunk_size
-        k = a // c
-        if b <= (k + 1) * c:
-            return self._chunk(k)[a - k * c : b - k * c]
-        out = np.empty(b - a, dtype=self.dtype)
-        self.read_into(a, b, out)
-        return out
-
-    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
-        """Copy tokens ``[a, b)`` into ``out``."""
-        c = self.chunk_size
-        pos = a
-        while pos < b:
-            k = pos // c
-            end = min(b, (k + 1) * c)
-            out[pos - a : end - a] = self._chunk(k)[pos - k * c : end - k * c]
-            pos = end
-
 
 def make_shard_reader(spec: ShardSpec, **options: Any):
     """The fastest reader for a shard: memory maps for local raw chunks, Zarr otherwise."""
     if spec.raw is not None and spec.location.is_local:
-        return LocalShardReader(spec, max_open_chunks=options.get("max_open_chunks", DEFAULT_MAX_OPEN_CHUNKS))
+        return LocalShardReader(spec, budget=options.get("budget"))
     return ZarrShardReader(spec, cache_bytes=options.get("cache_bytes", DEFAULT_CACHE_BYTES))
 
 
@@ -210,6 +214,15 @@ class TokenArray:
             self.starts.append(self.starts[-1] + r.length)
         self.length = self.starts[-1]
         self._single = self.readers[0] if len(self.readers) == 1 else None
+        if self._single is not None:  # one shard: skip a call level on the hot path
+            self.read = self._single.read
+            self.read_into = self._single.read_into
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"readers": self.readers, "dtype": self.dtype.str, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["readers"], np.dtype(state["dtype"]), name=state["name"])
 
     def __len__(self) -> int:
         return self.length
@@ -227,9 +240,6 @@ class TokenArray:
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens ``[a, b)``; requires ``0 <= a <= b <= len(self)`` (not checked)."""
-        single = self._single
-        if single is not None:
-            return single.read(a, b)
         if a == b:
             return np.empty(0, dtype=self.dtype)
         i = bisect.bisect_right(self.starts, a) - 1
@@ -242,10 +252,6 @@ class TokenArray:
 
     def read_into(self, a: int, b: int, out: np.ndarray) -> None:
         """Copy tokens ``[a, b)`` into ``out`` (length ``b - a``, any numeric dtype)."""
-        single = self._single
-        if single is not None:
-            single.read_into(a, b, out)
-            return
         pos = a
         i = bisect.bisect_right(self.starts, a) - 1
         while pos < b:

@@ -92,10 +92,8 @@ class FastHfDatasetProvider:
         **build_kwargs: Any,
     ) -> "FastHfDatasetProvider":
         """Like :meth:`from_hub` for a dataset saved with ``Dataset.save_to_disk``."""
-        build_kwargs.setdefault("overwrite", "changed")
-        store = build(
+        return cls.from_hub(
             datasets.load_from_disk(os.fspath(dataset_path)),
-            output=cache_dir,
             tokenizer=tokenizer,
             tokenizer_name=tokenizer_name,
             mapping_column_name=mapping_column_name,
@@ -103,10 +101,11 @@ class FastHfDatasetProvider:
             seed=seed,
             num_workers=num_workers,
             use_eos_token=use_eos_token,
+            use_shared_memory=use_shared_memory,
+            cache_dir=cache_dir,
             storage_options=storage_options,
             **build_kwargs,
         )
-        return cls(store, use_shared_memory=use_shared_memory)
 
     @classmethod
     def from_cache(

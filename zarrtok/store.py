@@ -43,10 +43,19 @@ def read_manifest(location: Location) -> Manifest:
     return Manifest.from_attributes(meta.get("attributes") or {}, location.url)
 
 
-def open(path_or_url: str | os.PathLike | Location, *, storage_options: dict[str, Any] | None = None) -> "TokenStore":  # noqa: A001
-    """Open a complete zarrtok store at a local path or fsspec URL."""
+def open(  # noqa: A001
+    path_or_url: str | os.PathLike | Location,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    reader_options: dict[str, Any] | None = None,
+) -> "TokenStore":
+    """Open a complete zarrtok store at a local path or fsspec URL.
+
+    ``reader_options``: ``max_mapped_chunks`` (local: chunk maps kept by this store's readers,
+    default the process-wide budget of 16384), ``cache_bytes`` (non-local: whole-chunk LRU size).
+    """
     location = as_location(path_or_url, storage_options)
-    return TokenStore(location, read_manifest(location))
+    return TokenStore(location, read_manifest(location), reader_options=reader_options)
 
 
 class TokenStore:
@@ -115,6 +124,17 @@ class TokenStore:
             raise IncompleteStoreError(f"{self.url}: array {path} is missing") from None
 
     # -- tokens ---------------------------------------------------------------------------------
+    def _map_budget(self):
+        """A store-wide mapping budget when ``reader_options["max_mapped_chunks"]`` is set, else the process one."""
+        limit = self.reader_options.get("max_mapped_chunks")
+        if not limit:
+            return None
+        if getattr(self, "_budget", None) is None:
+            from .mapping import MapBudget
+
+            self._budget = MapBudget(limit)
+        return self._budget
+
     def tokens(self, split: str) -> TokenArray:
         """The split's tokens as one contiguous array (memory-mapped locally)."""
         cached = self._tokens.get(split)
@@ -135,7 +155,7 @@ class TokenStore:
                 raise IncompleteStoreError(f"{self.url}: {path} has dtype {meta['data_type']}, manifest says {self.dtype}")
             chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
             spec = ShardSpec(self.location, path, shape, chunk, self.dtype.name, layout)
-            readers.append(make_shard_reader(spec, **self.reader_options))
+            readers.append(make_shard_reader(spec, budget=self._map_budget(), **self.reader_options))
         array = TokenArray(readers, self.dtype, name=split)
         self._tokens[split] = array
         return array
