@@ -12,6 +12,7 @@ import pytest
 
 import zarrtok
 from zarrtok.chunks import LocalShardReader, ZarrShardReader
+from zarrtok.remote import RemoteShardReader
 from zarrtok.errors import FormatVersionError, IncompleteStoreError, StoreNotFoundError
 
 from .conftest import expected_doc_lengths
@@ -67,12 +68,12 @@ def test_info(small_chunk_store, truth):
     assert info["tokenizer"]["eos_token"] == "<|endoftext|>"
 
 
-def test_memory_url_store_reads_through_zarr(tokenizer, docs, truth):
+def test_memory_url_store_reads_remote_path(tokenizer, docs, truth):
     ds = datasets.Dataset.from_dict({"text": docs})
     url = "memory://zarrtok-test/store-a"
     store = zarrtok.build(ds, tokenizer=tokenizer, output=url, chunk_size=1000, progress=False, overwrite=True)
     reopened = zarrtok.open(url)
-    assert isinstance(reopened.tokens("train").readers[0], ZarrShardReader)
+    assert isinstance(reopened.tokens("train").readers[0], RemoteShardReader)
     np.testing.assert_array_equal(np.asarray(reopened.tokens("train"), dtype=np.int64), truth)
     data = reopened.dataset("train", 333)
     for i in (0, 2, len(data) - 1):
@@ -144,3 +145,23 @@ def test_missing_chunk_file_is_reported(tmp_path, tokenizer, docs):
     data[0]
     with pytest.raises(IncompleteStoreError, match="missing"):
         data[7]
+
+
+def test_recompressed_array_falls_back_to_zarr_reads(tmp_path, tokenizer, docs, truth):
+    """A store whose token array was rewritten compressed (not raw bytes) is still read correctly."""
+    import zarr
+
+    ds = datasets.Dataset.from_dict({"text": docs})
+    zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", chunk_size=1000, progress=False)
+    group = zarr.open_group(str(tmp_path / "s/splits/train/shards/000000"), mode="a")
+    data = group["tokens"][:]
+    del group["tokens"]
+    arr = group.create_array("tokens", shape=data.shape, chunks=(1000,), dtype=data.dtype,
+                             compressors=[zarr.codecs.ZstdCodec()])
+    arr[:] = data
+    store = zarrtok.open(tmp_path / "s")
+    assert isinstance(store.tokens("train").readers[0], ZarrShardReader)
+    d = store.dataset("train", 700)
+    for i in (0, 1, len(d) - 1):
+        np.testing.assert_array_equal(d[i][0].numpy(), truth[i * 700 : i * 700 + 700])
+    np.testing.assert_array_equal(np.asarray(store.tokens("train"), dtype=np.int64), truth)

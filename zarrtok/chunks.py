@@ -191,10 +191,23 @@ class ZarrShardReader(ChunkedShardReader):
 
 
 def make_shard_reader(spec: ShardSpec, **options: Any):
-    """The fastest reader for a shard: memory maps for local raw chunks, Zarr otherwise."""
+    """The reader for a shard: memory maps for local raw chunks, ranged GETs / chunk cache for raw
+    chunks elsewhere (:mod:`zarrtok.remote`), Zarr itself for any other encoding."""
     if spec.raw is not None and spec.location.is_local:
         return LocalShardReader(spec, budget=options.get("budget"))
-    return ZarrShardReader(spec, cache_bytes=options.get("cache_bytes", DEFAULT_CACHE_BYTES))
+    if spec.raw is not None:
+        from .remote import DEFAULT_CACHE_BYTES as REMOTE_CACHE_BYTES
+        from .remote import DEFAULT_READAHEAD, RemoteShardReader
+
+        return RemoteShardReader(
+            spec,
+            mode=options.get("mode") or "auto",
+            cache_bytes=options.get("cache_bytes") or REMOTE_CACHE_BYTES,
+            cache_dir=options.get("cache_dir"),
+            cache_dir_bytes=options.get("cache_dir_bytes"),
+            readahead=DEFAULT_READAHEAD if options.get("readahead") is None else options["readahead"],
+        )
+    return ZarrShardReader(spec, cache_bytes=options.get("cache_bytes") or DEFAULT_CACHE_BYTES)
 
 
 class TokenArray:
@@ -213,6 +226,9 @@ class TokenArray:
         for r in self.readers:
             self.starts.append(self.starts[-1] + r.length)
         self.length = self.starts[-1]
+        self.chunk_starts = [0]  # global chunk numbering across shards
+        for r in self.readers:
+            self.chunk_starts.append(self.chunk_starts[-1] + -(-r.length // r.chunk_size))
         self._single = self.readers[0] if len(self.readers) == 1 else None
         if self._single is not None:  # one shard: skip a call level on the hot path
             self.read = self._single.read
@@ -260,6 +276,39 @@ class TokenArray:
             self.readers[i].read_into(pos - base, end - base, out[pos - a : end - a])
             pos = end
             i += 1
+
+    def read_batch_into(self, starts: Any, n: int, out: np.ndarray) -> None:
+        """Fill row ``i`` of ``out`` with tokens ``[starts[i], starts[i] + n)`` (concurrent GETs remotely)."""
+        single = self._single
+        if single is not None and hasattr(single, "read_batch_into"):
+            single.read_batch_into(starts, n, out)
+            return
+        for row, a in enumerate(starts):
+            self.read_into(a, a + n, out[row])
+
+    def chunk_of(self, positions: Any) -> np.ndarray:
+        """Global chunk number (counting across shards) of each token position."""
+        pos = np.asarray(positions, dtype=np.int64)
+        shard = np.searchsorted(np.asarray(self.starts[1:]), pos, side="right")
+        shard = np.minimum(shard, len(self.readers) - 1)
+        sizes = np.asarray([r.chunk_size for r in self.readers], dtype=np.int64)
+        return np.asarray(self.chunk_starts[:-1], dtype=np.int64)[shard] + (pos - np.asarray(self.starts[:-1])[shard]) // sizes[shard]
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_starts[-1]
+
+    @property
+    def readahead(self) -> int:
+        """Chunks the readers prefetch ahead of an access order (0 for local stores)."""
+        return max((getattr(r, "readahead", 0) for r in self.readers), default=0)
+
+    def prefetch_chunks(self, chunks: Any) -> None:
+        """Start fetching these global chunks in the background (no-op for local readers)."""
+        for g in chunks:
+            i = bisect.bisect_right(self.chunk_starts, int(g)) - 1
+            if 0 <= i < len(self.readers) and hasattr(self.readers[i], "prefetch"):
+                self.readers[i].prefetch([int(g) - self.chunk_starts[i]])
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):

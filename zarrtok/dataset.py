@@ -74,6 +74,10 @@ class TokenDataset(Dataset):
         self.split = split
         self.num_tokens = n
         self._len = num_windows(n, seq_len)
+        self._order: np.ndarray | None = None
+        self._position: np.ndarray | None = None
+        self._lookahead = 0
+        self._next_prefetch = 0
 
     def __len__(self) -> int:
         return self._len
@@ -104,17 +108,64 @@ class TokenDataset(Dataset):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"window index {index} out of range for {n} windows")
+        if self._order is not None:
+            self._prefetch_after(i)
         start = i * self.seq_len
         x = torch.from_numpy(self.tokens.read(start, start + self.seq_len + 1).astype(np.int64))
         return x[:-1], x[1:]
 
     def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
-        """A batch in one call: fills one preallocated ``[len(indices), seq_len + 1]`` int64 array."""
+        """A batch in one call: fills one preallocated ``[len(indices), seq_len + 1]`` int64 array
+        (remote stores fetch the batch's byte ranges concurrently)."""
         L = self.seq_len
         out = np.empty((len(indices), L + 1), dtype=np.int64)
-        read_into = self.tokens.read_into
-        for row, index in enumerate(indices):
-            start = self._normalize(index) * L
-            read_into(start, start + L + 1, out[row])
+        normalized = [self._normalize(index) for index in indices]
+        if self._order is not None and normalized:
+            self._prefetch_after(normalized[-1])
+        tokens = self.tokens
+        if hasattr(tokens, "read_batch_into"):
+            tokens.read_batch_into([i * L for i in normalized], L + 1, out)
+        else:
+            read_into = tokens.read_into
+            for row, i in enumerate(normalized):
+                read_into(i * L, i * L + L + 1, out[row])
         t = torch.from_numpy(out)
         return WindowBatch(t[:, :-1], t[:, 1:])
+
+    # -- read-ahead ------------------------------------------------------------------------------
+    def set_access_order(self, indices: Sequence[int] | None, *, lookahead_windows: int | None = None) -> None:
+        """Tell the dataset the order windows will be requested in (e.g. ``list(sampler)``).
+
+        Remote stores then prefetch the chunks of upcoming windows (``readahead`` chunks ahead) on a
+        background thread pool. Call it before creating the DataLoader iterator (workers get a copy)
+        and again for each epoch. ``None`` turns read-ahead off. No effect on local stores.
+        """
+        if indices is None:
+            self._order = self._position = None
+            return
+        order = np.asarray(indices, dtype=np.int64)
+        position = np.full(self._len, -1, dtype=np.int64)
+        position[order] = np.arange(order.size, dtype=np.int64)
+        readahead = int(getattr(self.tokens, "readahead", 0) or 0)
+        chunk = max((getattr(r, "chunk_size", 0) for r in getattr(self.tokens, "readers", [])), default=0)
+        if lookahead_windows is None:
+            lookahead_windows = min(1 << 16, max(1, readahead * max(1, chunk // self.seq_len)))
+        self._order, self._position = order, position
+        self._lookahead = int(lookahead_windows) if readahead else 0
+        self._next_prefetch = 0
+
+    def _prefetch_after(self, index: int) -> None:
+        if not self._lookahead:
+            return
+        p = int(self._position[index])
+        if p < self._next_prefetch - self._lookahead:  # order restarted (new epoch in the same process)
+            self._next_prefetch = 0
+        if p < self._next_prefetch:
+            return
+        upcoming = self._order[p + 1 : p + 1 + self._lookahead]
+        if upcoming.size:
+            chunks = self.tokens.chunk_of(upcoming * self.seq_len)
+            _, first = np.unique(chunks, return_index=True)
+            # every distinct chunk of the upcoming windows, in order of first use (cached ones are no-ops)
+            self.tokens.prefetch_chunks(chunks[np.sort(first)][: 4 * max(1, self.tokens.readahead) + 8])
+        self._next_prefetch = p + max(1, self._lookahead // 4)

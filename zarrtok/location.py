@@ -7,12 +7,38 @@ This module is the only place that knows about storage backends; everything else
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+
+_PROCESS: dict[str, Any] = {"pid": None, "filesystems": {}}
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """This process's filesystem for ``url`` and the path inside it.
+
+    Filesystems are created once per process and never shared across a fork: an s3fs instance
+    used in a parent is bound to the parent's event loop thread, which a forked child does not have,
+    so the child resets fsspec's loop and builds its own.
+    """
+    pid = os.getpid()
+    with _PROCESS_LOCK:
+        if _PROCESS["pid"] != pid:
+            if _PROCESS["pid"] is not None:
+                fsspec.asyn.reset_lock()
+            _PROCESS.update(pid=pid, filesystems={})
+        key = (url, repr(sorted(storage_options.items())))
+        hit = _PROCESS["filesystems"].get(key)
+        if hit is None:
+            fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **storage_options)
+            hit = _PROCESS["filesystems"][key] = (fs, path.rstrip("/") or path)
+        return hit
 
 
 @dataclass
@@ -30,15 +56,16 @@ class Location:
         self.storage_options = dict(self.storage_options or {})
         self._fs = None
         self._path = None
+        self._pid = None
 
     def _resolve(self) -> None:
-        fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        self._fs, self._path = fs, path.rstrip("/") or path
+        self._fs, self._path = process_filesystem(self.url, self.storage_options)
+        self._pid = os.getpid()
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        """The fsspec filesystem (created lazily, once per Location object)."""
-        if self._fs is None:
+        """This process's fsspec filesystem (created lazily; re-created in a forked child)."""
+        if self._fs is None or self._pid != os.getpid():
             self._resolve()
         return self._fs
 
@@ -118,6 +145,7 @@ class Location:
         self.storage_options = state["storage_options"]
         self._fs = None
         self._path = None
+        self._pid = None
 
 
 def as_location(where: "str | os.PathLike[str] | Location", storage_options: dict[str, Any] | None = None) -> Location:

@@ -27,6 +27,8 @@ from .location import Location, as_location
 
 logger = logging.getLogger(__name__)
 
+READER_OPTIONS = frozenset({"mode", "cache_bytes", "cache_dir", "cache_dir_bytes", "readahead", "max_mapped_chunks"})
+
 
 def read_manifest(location: Location) -> Manifest:
     """Read and validate the manifest of the store at ``location`` (raises if absent or incomplete)."""
@@ -51,8 +53,14 @@ def open(  # noqa: A001
 ) -> "TokenStore":
     """Open a complete zarrtok store at a local path or fsspec URL.
 
-    ``reader_options``: ``max_mapped_chunks`` (local: chunk maps kept by this store's readers,
-    default the process-wide budget of 16384), ``cache_bytes`` (non-local: whole-chunk LRU size).
+    ``reader_options`` (see README "Reading from object storage"):
+
+    * local stores: ``max_mapped_chunks`` (chunk maps kept by this store's readers; default the
+      process-wide budget of 16384);
+    * other stores: ``mode`` (``"auto"`` default, ``"range"``, ``"cache"``), ``cache_bytes``
+      (per-process whole-chunk LRU, default 512 MiB), ``cache_dir`` / ``cache_dir_bytes`` (an
+      on-disk chunk cache shared by processes), ``readahead`` (chunks prefetched ahead of a
+      dataset's access order, default 2).
     """
     location = as_location(path_or_url, storage_options)
     return TokenStore(location, read_manifest(location), reader_options=reader_options)
@@ -65,6 +73,12 @@ class TokenStore:
         self.location = location
         self.manifest = manifest
         self.reader_options = dict(reader_options or {})
+        unknown = set(self.reader_options) - READER_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown reader option(s) {sorted(unknown)}: use {sorted(READER_OPTIONS)}")
+        mode = self.reader_options.get("mode")
+        if mode is not None and mode not in ("auto", "range", "cache"):
+            raise ValueError(f"unknown read mode {mode!r}: use 'auto', 'range' or 'cache'")
         self._tokens: dict[str, TokenArray] = {}
 
     # -- metadata -------------------------------------------------------------------------------
@@ -112,10 +126,13 @@ class TokenStore:
         return f"TokenStore({self.url!r}, dtype={self.dtype}, tokens: {sizes}, fingerprint={self.fingerprint[:12]})"
 
     # -- Zarr access ----------------------------------------------------------------------------
-    @functools.cached_property
+    @property
     def group(self) -> zarr.Group:
-        """The root group opened read-only with plain zarr."""
-        return zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
+        """The root group opened read-only with plain zarr (re-opened in a forked child)."""
+        cached = getattr(self, "_group", None)
+        if cached is None or cached[0] != os.getpid():
+            cached = self._group = (os.getpid(), zarr.open_group(self.location.zarr_store(read_only=True), mode="r"))
+        return cached[1]
 
     def _array_metadata(self, path: str) -> dict[str, Any]:
         try:

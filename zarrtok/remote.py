@@ -1,0 +1,389 @@
+"""Reading token ranges from object storage (any fsspec URL) without Zarr's per-call machinery.
+
+Chunks of a token array are raw little-endian bytes (docs/format.md), so the bytes of tokens
+``[a, b)`` inside chunk ``k`` are at a computable offset of object ``<array>/c/<k>``. Three modes:
+
+* ``"range"``: one ranged GET for exactly the bytes a window needs (two when it straddles a chunk
+  boundary; a batch's ranges are fetched concurrently). Best for random access (notebooks, eval).
+* ``"cache"``: whole chunks fetched into a bounded in-memory LRU (per process, in bytes), optionally
+  through an on-disk cache directory shared by processes, with read-ahead of upcoming chunks on a
+  small thread pool. Best for training epochs (each chunk fetched about once).
+* ``"auto"`` (default): a chunk's first read is a ranged GET; a second read of the same chunk while
+  it is still recent fetches the whole chunk into the cache. Random access costs one small GET per
+  window; an epoch in chunk-local order transfers each chunk about once.
+
+Whole-chunk fetches verify the chunk's CRC-32C when the array has one. Filesystems, thread pools
+and caches are per process (re-created after fork, never pickled), so readers work in DataLoader
+workers started with fork, spawn or forkserver, even when first used in the parent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
+
+import fsspec
+import numpy as np
+
+from .chunks import ChunkedShardReader, ShardSpec
+from .errors import IncompleteStoreError
+from .mapping import map_file
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "range", "cache")
+DEFAULT_CACHE_BYTES = 512 << 20
+DEFAULT_READAHEAD = 2
+_RECENT_CHUNKS = 4096  # chunks remembered by "auto" mode as recently touched
+
+
+# -- per-process state -------------------------------------------------------------------------------
+_PROCESS: dict[str, Any] = {"pid": None}
+_PROCESS_LOCK = threading.Lock()
+
+
+def _process_state() -> dict[str, Any]:
+    """Per-process caches and thread pool; reset in a new process (fork-safe)."""
+    pid = os.getpid()
+    if _PROCESS["pid"] != pid:
+        with _PROCESS_LOCK:
+            if _PROCESS["pid"] != pid:
+                _PROCESS.clear()
+                _PROCESS.update(pid=pid, caches={}, pool=None)
+    return _PROCESS
+
+
+def _thread_pool() -> concurrent.futures.ThreadPoolExecutor:
+    state = _process_state()
+    if state["pool"] is None:
+        state["pool"] = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarrtok-fetch")
+    return state["pool"]
+
+
+class ChunkCache:
+    """A per-process LRU of whole chunks (numpy arrays), bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= dropped.nbytes
+
+
+def shared_chunk_cache(max_bytes: int) -> ChunkCache:
+    """The process's chunk cache of a given size (one per size, shared by all remote readers)."""
+    caches = _process_state()["caches"]
+    cache = caches.get(max_bytes)
+    if cache is None:
+        cache = caches[max_bytes] = ChunkCache(max_bytes)
+    return cache
+
+
+class DiskChunkCache:
+    """A directory of fetched chunks shared safely by processes.
+
+    A chunk is written to a temporary file and renamed into place (readers never see a partial
+    file); an exclusive ``flock`` per chunk makes a second process wait for the first one's fetch
+    instead of fetching again. When ``max_bytes`` is set, the least recently used files are deleted
+    after each write (deleting a file another process has mapped is safe on POSIX).
+    """
+
+    def __init__(self, directory: str, max_bytes: int | None = None):
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        self.max_bytes = max_bytes
+        os.makedirs(self.directory, exist_ok=True)
+
+    def path(self, namespace: str, key: str) -> str:
+        return os.path.join(self.directory, namespace, key)
+
+    def get_or_fetch(self, namespace: str, key: str, nbytes: int, dtype: np.dtype, count: int,
+                     fetch: Callable[[], bytes]) -> tuple[np.ndarray, bool]:
+        """Map the cached chunk, fetching it first if absent. Returns ``(array, fetched)``."""
+        path = self.path(namespace, key)
+        try:
+            arr = map_file(path, nbytes, dtype, count)
+            os.utime(path)
+            return arr, False
+        except (FileNotFoundError, ValueError):
+            pass
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                try:  # another process may have fetched it while we waited for the lock
+                    return map_file(path, nbytes, dtype, count), False
+                except (FileNotFoundError, ValueError):
+                    pass
+                data = fetch()
+                tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+                    raise
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        self._evict(keep=path)
+        return map_file(path, nbytes, dtype, count), True
+
+    def _evict(self, keep: str) -> None:
+        if not self.max_bytes:
+            return
+        entries = []
+        for root, _, files in os.walk(self.directory):
+            for name in files:
+                if name.endswith(".lock") or ".tmp-" in name:
+                    continue
+                p = os.path.join(root, name)
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    continue
+                entries.append((st.st_mtime, st.st_size, p))
+        total = sum(e[1] for e in entries)
+        for _, size, p in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if p == keep:
+                continue
+            try:
+                os.remove(p)
+                total -= size
+            except FileNotFoundError:
+                pass
+
+
+class RemoteShardReader(ChunkedShardReader):
+    """Reads a shard on any fsspec filesystem by ranged GETs and/or whole-chunk fetches (see module doc)."""
+
+    def __init__(
+        self,
+        spec: ShardSpec,
+        *,
+        mode: str = "auto",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_dir: str | None = None,
+        cache_dir_bytes: int | None = None,
+        readahead: int = DEFAULT_READAHEAD,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown read mode {mode!r}: use one of {MODES}")
+        if spec.raw is None:
+            raise ValueError("RemoteShardReader needs raw (uncompressed) chunks")
+        self.spec = spec
+        self.mode = mode
+        self.length = spec.length
+        self.chunk_size = spec.chunk_size
+        self.dtype = np.dtype(spec.dtype)
+        self.cache_bytes = int(cache_bytes)
+        self.cache_dir = cache_dir
+        self.cache_dir_bytes = cache_dir_bytes
+        self.readahead = int(readahead)
+        self._num_chunks = spec.raw.num_chunks
+        self._chunk_bytes = self.chunk_size * self.dtype.itemsize
+        self._namespace = hashlib.sha256(spec.location.url.encode()).hexdigest()[:16] + "/" + spec.array_path
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._inflight: dict[int, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
+        self._disk = DiskChunkCache(cache_dir, cache_dir_bytes) if cache_dir else None
+        self.stats = {"range_requests": 0, "range_bytes": 0, "chunk_fetches": 0, "chunk_bytes": 0}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "mode": self.mode, "cache_bytes": self.cache_bytes, "cache_dir": self.cache_dir,
+                "cache_dir_bytes": self.cache_dir_bytes, "readahead": self.readahead}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        spec = state.pop("spec")
+        self.__init__(spec, **state)
+
+    # -- objects -------------------------------------------------------------------------------
+    def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        location = self.spec.location
+        return location.fs, f"{location.path}/{self.spec.array_path}"
+
+    def _object(self, k: int) -> tuple[fsspec.AbstractFileSystem, str]:
+        if not 0 <= k < self._num_chunks:
+            raise IndexError(f"chunk {k} out of range")
+        fs, base = self._fs()
+        return fs, f"{base}/{self.spec.raw.chunk_key(k)}"
+
+    def _cache(self) -> ChunkCache:
+        return shared_chunk_cache(self.cache_bytes)
+
+    def _key(self, k: int) -> tuple[str, int]:
+        return (self._namespace, k)
+
+    # -- whole chunks --------------------------------------------------------------------------
+    def _download(self, k: int) -> bytes:
+        """The chunk's data bytes, checksum verified when the array has one."""
+        fs, path = self._object(k)
+        trailer = self.spec.raw.trailer_bytes
+        try:
+            raw = fs.cat_file(path)
+        except FileNotFoundError:
+            raise IncompleteStoreError(f"chunk object {path} is missing") from None
+        self.stats["chunk_fetches"] += 1
+        self.stats["chunk_bytes"] += len(raw)
+        if len(raw) < self._chunk_bytes + trailer:
+            raise IncompleteStoreError(f"chunk object {path} has {len(raw)} bytes, expected {self._chunk_bytes + trailer}")
+        data = raw[: self._chunk_bytes]
+        if trailer == 4:
+            _verify_crc32c(data, raw[self._chunk_bytes : self._chunk_bytes + 4], path)
+        return data
+
+    def _load(self, k: int) -> np.ndarray:
+        if self._disk is not None:
+            arr, _ = self._disk.get_or_fetch(self._namespace, self.spec.raw.chunk_key(k), self._chunk_bytes,
+                                             self.dtype, self.chunk_size, lambda: self._download(k))
+        else:
+            arr = np.frombuffer(self._download(k), dtype=self.dtype, count=self.chunk_size)
+        self._cache().put(self._key(k), arr)
+        return arr
+
+    def _chunk(self, k: int) -> np.ndarray:
+        hit = self._cache().get(self._key(k))
+        if hit is not None:
+            return hit
+        with self._lock:
+            future = self._inflight.get(k)
+        if future is not None:
+            return future.result()
+        return self._load(k)
+
+    def prefetch(self, chunks: Iterable[int]) -> None:
+        """Fetch these chunks into the cache in the background (no-op for cached or in-flight ones)."""
+        if self.mode == "range":
+            return
+        cache = self._cache()
+        pool = None
+        for k in chunks:
+            if not 0 <= k < self._num_chunks or self._key(k) in cache:
+                continue
+            with self._lock:
+                if k in self._inflight:
+                    continue
+                pool = pool or _thread_pool()
+                future = pool.submit(self._load, k)
+                self._inflight[k] = future
+            future.add_done_callback(lambda _f, k=k: self._done(k))
+
+    def _done(self, k: int) -> None:
+        with self._lock:
+            self._inflight.pop(k, None)
+
+    # -- ranged reads --------------------------------------------------------------------------
+    def _use_range(self, k: int) -> bool:
+        """Whether to serve a read in chunk ``k`` by a ranged GET (else via the whole chunk)."""
+        if self.mode == "range":
+            return True
+        if self.mode == "cache" or self._key(k) in self._cache() or k in self._inflight:
+            return False
+        if k in self._recent:  # auto: second touch of a recent chunk -> fetch it whole
+            del self._recent[k]
+            return False
+        self._recent[k] = None
+        if len(self._recent) > _RECENT_CHUNKS:
+            self._recent.popitem(last=False)
+        return True
+
+    def _pieces(self, a: int, b: int) -> list[tuple[int, int, int]]:
+        c = self.chunk_size
+        out, pos = [], a
+        while pos < b:
+            k = pos // c
+            end = min(b, (k + 1) * c)
+            out.append((k, pos, end))
+            pos = end
+        return out
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Copy tokens ``[a, b)`` into ``out``."""
+        self.read_batch_into([a], b - a, out[None, :] if out.ndim == 1 else out)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``[a, b)`` of this shard."""
+        pieces = self._pieces(a, b)
+        if len(pieces) == 1 and not self._use_range(pieces[0][0]):
+            k = pieces[0][0]
+            return self._chunk(k)[a - k * self.chunk_size : b - k * self.chunk_size]
+        out = np.empty((1, b - a), dtype=self.dtype)
+        self.read_batch_into([a], b - a, out)
+        return out[0]
+
+    def read_batch_into(self, starts: Iterable[int], n: int, out: np.ndarray) -> None:
+        """Fill row ``i`` of ``out`` with tokens ``[starts[i], starts[i] + n)``; all ranged GETs of
+        the batch are issued concurrently."""
+        c, itemsize = self.chunk_size, self.dtype.itemsize
+        ranged: list[tuple[int, int, int, int]] = []  # (row, k, lo, hi)
+        for row, a in enumerate(starts):
+            for k, lo, hi in self._pieces(a, a + n):
+                if self._use_range(k):
+                    ranged.append((row, k, lo, hi))
+                else:
+                    out[row, lo - a : hi - a] = self._chunk(k)[lo - k * c : hi - k * c]
+        if not ranged:
+            return
+        fs, base = self._fs()
+        paths = [f"{base}/{self.spec.raw.chunk_key(k)}" for _, k, _, _ in ranged]
+        begins = [(lo - k * c) * itemsize for _, k, lo, _ in ranged]
+        ends = [(hi - k * c) * itemsize for _, k, _, hi in ranged]
+        try:
+            blobs = fs.cat_ranges(paths, begins, ends) if len(ranged) > 1 else [fs.cat_file(paths[0], begins[0], ends[0])]
+        except FileNotFoundError as exc:
+            raise IncompleteStoreError(f"chunk object missing: {exc}") from None
+        starts = list(starts)
+        for (row, k, lo, hi), blob in zip(ranged, blobs):
+            if isinstance(blob, Exception):
+                raise blob
+            if len(blob) != (hi - lo) * itemsize:
+                raise IncompleteStoreError(f"short read from {base}: {len(blob)} bytes for {hi - lo} tokens")
+            a = starts[row]
+            out[row, lo - a : hi - a] = np.frombuffer(blob, dtype=self.dtype)
+            self.stats["range_requests"] += 1
+            self.stats["range_bytes"] += len(blob)
+
+
+def _verify_crc32c(data: bytes, stored: bytes, path: str) -> None:
+    try:
+        import google_crc32c
+    except ImportError:  # pragma: no cover - zarr's crc32c codec brings a crc32c implementation
+        try:
+            from crc32c import crc32c as _crc
+        except ImportError:
+            return
+        value = _crc(data)
+    else:
+        value = google_crc32c.value(data)
+    if value != int.from_bytes(stored, "little"):
+        raise IncompleteStoreError(f"checksum mismatch in chunk object {path}: the object is corrupted")
