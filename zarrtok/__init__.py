@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from .build import build  # noqa: E402
 from .chunks import TokenArray  # noqa: E402
+from .copy import copy  # noqa: E402,A004
 from .dataset import TokenDataset, WindowBatch, collate_windows  # noqa: E402
 from .errors import (  # noqa: E402
     FormatVersionError,
@@ -20,11 +21,14 @@ from .errors import (  # noqa: E402
     ZarrtokError,
 )
 from .provider import FastHfDatasetProvider  # noqa: E402
+from .sampler import ChunkShuffleSampler  # noqa: E402
 from .store import TokenStore, open  # noqa: E402,A004
 
 __all__ = [
     "build",
     "open",
+    "copy",
+    "ChunkShuffleSampler",
     "TokenStore",
     "TokenArray",
     "TokenDataset",

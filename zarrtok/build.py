@@ -15,9 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
-import uuid
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -40,7 +38,7 @@ from .format import (
     shard_name,
     shard_path,
 )
-from .location import Location, as_location
+from .location import Location, as_location, commit_staging, staging_location
 from .sources import apply_split_rules, document_texts, load_source, resolve_columns, source_identity
 from .store import TokenStore, read_manifest
 from .tokenization import (
@@ -219,7 +217,7 @@ def build(
         backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
         add_special_tokens=add_special_tokens, dtype=dtype.name,
     )
-    staging = _staging_location(location)
+    staging = staging_location(location)
     logger.info("building %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
     try:
         _write_store(
@@ -227,7 +225,7 @@ def build(
             num_workers=int(num_workers), batch_size=int(batch_size), shard_size=shard_size,
             progress=progress, start_method=start_method,
         )
-        _commit(staging, location)
+        commit_staging(staging, location)
     except BaseException:
         logger.info("build failed; removing %s", staging.url)
         try:
@@ -271,30 +269,6 @@ def _reuse_or_clear(location: Location, fingerprint: str, overwrite: bool | str)
         )
     logger.info("rebuilding %s (fingerprint %s -> %s)", location.url, existing.fingerprint[:12], fingerprint[:12])
     return None
-
-
-def _staging_location(location: Location) -> Location:
-    if location.is_local:
-        name = os.path.basename(location.local_path.rstrip(os.sep)) or "store"
-        os.makedirs(os.path.dirname(location.local_path), exist_ok=True)
-        return location.sibling(f".{name}.zarrtok-staging-{uuid.uuid4().hex[:12]}")
-    return location  # object stores: in place, committed by the manifest status
-
-
-def _commit(staging: Location, location: Location) -> None:
-    """Flip the manifest to complete (already done in the staging copy) and move it into place."""
-    if staging is location:
-        return
-    target = location.local_path
-    old = None
-    if os.path.isdir(target) and not os.listdir(target):
-        os.rmdir(target)
-    elif os.path.exists(target):
-        old = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.zarrtok-old-{uuid.uuid4().hex[:12]}")
-        os.rename(target, old)
-    os.rename(staging.local_path, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_store(

@@ -1,4 +1,4 @@
-"""The ``zarrtok`` command line: ``build``, ``info``, ``sample`` and ``demo``, over the public API."""
+"""The ``zarrtok`` command line: ``build``, ``info``, ``sample``, ``cp`` and ``demo``, over the public API."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from typing import Any, Sequence
 from . import __version__
 
 
-def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
+def _storage_options(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
     options: dict[str, Any] = {}
-    if getattr(args, "storage_options_json", None):
-        with open(args.storage_options_json, encoding="utf-8") as f:
+    if getattr(args, f"{prefix}storage_options_json", None):
+        with open(getattr(args, f"{prefix}storage_options_json"), encoding="utf-8") as f:
             options.update(json.load(f))
-    for item in getattr(args, "storage_option", None) or []:
+    for item in getattr(args, f"{prefix}storage_option", None) or []:
         if "=" not in item:
-            raise ValueError(f"--storage-option expects key=value, got {item!r}")
+            raise ValueError(f"--{prefix.replace('_', '-')}storage-option expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         try:
             options[key] = json.loads(value)
@@ -27,10 +27,10 @@ def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _add_storage_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+def _add_storage_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}storage-option", action="append", metavar="KEY=VALUE",
                    help="fsspec storage option (repeatable; VALUE parsed as JSON when possible)")
-    p.add_argument("--storage-options-json", metavar="FILE", help="JSON file of fsspec storage options")
+    p.add_argument(f"--{prefix}storage-options-json", metavar="FILE", help="JSON file of fsspec storage options")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -108,6 +108,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cp(args: argparse.Namespace) -> int:
+    from .copy import copy
+
+    store = copy(args.src, args.dst, src_storage_options=_storage_options(args, "src_"),
+                 dst_storage_options=_storage_options(args, "dst_"), overwrite=args.overwrite,
+                 progress=not args.no_progress)
+    print(f"copied {args.src} -> {store.url} (fingerprint {store.fingerprint[:12]})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -172,6 +182,15 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--ids", action="store_true", help="print token ids as JSON instead of text")
     _add_storage_args(s)
     s.set_defaults(func=_cmd_sample)
+
+    c = sub.add_parser("cp", help="copy a store between two paths/URLs (verified, crash-safe)")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing store at DST")
+    c.add_argument("--no-progress", action="store_true")
+    _add_storage_args(c, "src-")
+    _add_storage_args(c, "dst-")
+    c.set_defaults(func=_cmd_cp)
 
     d = sub.add_parser("demo", help="offline end-to-end demo on generated data")
     d.add_argument("--output", "-o", default="zarrtok-demo")

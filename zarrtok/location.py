@@ -7,6 +7,8 @@ This module is the only place that knows about storage backends; everything else
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,3 +157,28 @@ def as_location(where: "str | os.PathLike[str] | Location", storage_options: dic
             return Location(where.url, {**where.storage_options, **storage_options})
         return where
     return Location(os.fspath(where), storage_options or {})
+
+
+def staging_location(location: Location) -> Location:
+    """Where a writer builds before committing: a hidden sibling directory locally, in place elsewhere."""
+    if location.is_local:
+        name = os.path.basename(location.local_path.rstrip(os.sep)) or "store"
+        os.makedirs(os.path.dirname(location.local_path), exist_ok=True)
+        return location.sibling(f".{name}.zarrtok-staging-{uuid.uuid4().hex[:12]}")
+    return location  # object stores: in place, committed by the manifest status
+
+
+def commit_staging(staging: Location, location: Location) -> None:
+    """Move a complete staging directory into place (local); nothing to do for in-place writes."""
+    if staging is location:
+        return
+    target = location.local_path
+    old = None
+    if os.path.isdir(target) and not os.listdir(target):
+        os.rmdir(target)
+    elif os.path.exists(target):
+        old = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.zarrtok-old-{uuid.uuid4().hex[:12]}")
+        os.rename(target, old)
+    os.rename(staging.local_path, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

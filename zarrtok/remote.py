@@ -359,7 +359,7 @@ class RemoteShardReader(ChunkedShardReader):
         begins = [(lo - k * c) * itemsize for _, k, lo, _ in ranged]
         ends = [(hi - k * c) * itemsize for _, k, _, hi in ranged]
         try:
-            blobs = fs.cat_ranges(paths, begins, ends) if len(ranged) > 1 else [fs.cat_file(paths[0], begins[0], ends[0])]
+            blobs = fs.cat_ranges(paths, begins, ends) if len(ranged) > 1 else [fs.cat_file(paths[0], start=begins[0], end=ends[0])]
         except FileNotFoundError as exc:
             raise IncompleteStoreError(f"chunk object missing: {exc}") from None
         starts = list(starts)

@@ -219,6 +219,13 @@ class TokenStore:
             written.append(path)
         return written
 
+    def copy_to(self, dst: str | os.PathLike | Location, *, storage_options: dict[str, Any] | None = None,
+                overwrite: bool = False, progress: bool = True) -> "TokenStore":
+        """Copy this store to ``dst`` (any path or URL), verifying sizes; return the copy opened."""
+        from .copy import copy
+
+        return copy(self.location, dst, dst_storage_options=storage_options, overwrite=overwrite, progress=progress)
+
     # -- summary --------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: splits (tokens, documents, shards, chunks, bytes), dtype, tokenizer, fingerprint."""
