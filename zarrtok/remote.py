@@ -249,8 +249,8 @@ class RemoteShardReader(ChunkedShardReader):
         """The chunk's data bytes, checksum verified when the array has one."""
         fs, path = self._object(k)
         trailer = self.spec.raw.trailer_bytes
-        try:
-            raw = fs.cat_file(path)
+        try:  # the object's size is known: one ranged GET (s3fs sends HEAD + GET for an unranged read)
+            raw = fs.cat_file(path, start=0, end=self._chunk_bytes + trailer)
         except FileNotFoundError:
             raise IncompleteStoreError(f"chunk object {path} is missing") from None
         self.stats["chunk_fetches"] += 1
