@@ -63,7 +63,7 @@ def copy(
     src_fs, src_root = source.fs, source.path
     files = {p: info["size"] for p, info in src_fs.find(src_root, detail=True).items() if info.get("type") != "directory"}
     root_meta_path = f"{src_root}/zarr.json"
-    root_meta = src_fs.cat_file(root_meta_path)
+    root_meta = src_fs.cat_file(root_meta_path, start=0)
     building = json.loads(root_meta)
     building["attributes"][ATTRIBUTE_KEY]["status"] = STATUS_BUILDING
 
@@ -71,7 +71,7 @@ def copy(
         return path[len(src_root) :].lstrip("/")
 
     def copy_one(path: str) -> int:
-        data = src_fs.cat_file(path)
+        data = src_fs.cat_file(path, start=0)
         if len(data) != files[path]:
             raise IncompleteStoreError(f"{path}: read {len(data)} bytes, listed as {files[path]}")
         dst_path = f"{staging.path}/{relative(path)}"

@@ -155,7 +155,8 @@ class DiskChunkCache:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
         self._evict(keep=path)
-        return map_file(path, nbytes, dtype, count), True
+        # Use the bytes in hand: another process may already have evicted the file again.
+        return np.frombuffer(data, dtype=dtype, count=count), True
 
     def _evict(self, keep: str) -> None:
         if not self.max_bytes:
@@ -334,17 +335,21 @@ class RemoteShardReader(ChunkedShardReader):
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens ``[a, b)`` of this shard."""
         pieces = self._pieces(a, b)
-        if len(pieces) == 1 and not self._use_range(pieces[0][0]):
-            k = pieces[0][0]
-            return self._chunk(k)[a - k * self.chunk_size : b - k * self.chunk_size]
         out = np.empty((1, b - a), dtype=self.dtype)
+        if len(pieces) == 1:  # decide range-vs-chunk exactly once per piece
+            k = pieces[0][0]
+            if not self._use_range(k):
+                return self._chunk(k)[a - k * self.chunk_size : b - k * self.chunk_size]
+            self._fetch_ranges([(0, k, a, b)], [a], out)
+            return out[0]
         self.read_batch_into([a], b - a, out)
         return out[0]
 
     def read_batch_into(self, starts: Iterable[int], n: int, out: np.ndarray) -> None:
         """Fill row ``i`` of ``out`` with tokens ``[starts[i], starts[i] + n)``; all ranged GETs of
         the batch are issued concurrently."""
-        c, itemsize = self.chunk_size, self.dtype.itemsize
+        starts = list(starts)
+        c = self.chunk_size
         ranged: list[tuple[int, int, int, int]] = []  # (row, k, lo, hi)
         for row, a in enumerate(starts):
             for k, lo, hi in self._pieces(a, a + n):
@@ -352,8 +357,12 @@ class RemoteShardReader(ChunkedShardReader):
                     ranged.append((row, k, lo, hi))
                 else:
                     out[row, lo - a : hi - a] = self._chunk(k)[lo - k * c : hi - k * c]
-        if not ranged:
-            return
+        if ranged:
+            self._fetch_ranges(ranged, starts, out)
+
+    def _fetch_ranges(self, ranged: list[tuple[int, int, int, int]], starts: list[int], out: np.ndarray) -> None:
+        """Fetch ``(row, chunk, lo, hi)`` token ranges concurrently into ``out[row]`` (row offset ``starts[row]``)."""
+        c, itemsize = self.chunk_size, self.dtype.itemsize
         fs, base = self._fs()
         paths = [f"{base}/{self.spec.raw.chunk_key(k)}" for _, k, _, _ in ranged]
         begins = [(lo - k * c) * itemsize for _, k, lo, _ in ranged]
@@ -362,7 +371,6 @@ class RemoteShardReader(ChunkedShardReader):
             blobs = fs.cat_ranges(paths, begins, ends) if len(ranged) > 1 else [fs.cat_file(paths[0], start=begins[0], end=ends[0])]
         except FileNotFoundError as exc:
             raise IncompleteStoreError(f"chunk object missing: {exc}") from None
-        starts = list(starts)
         for (row, k, lo, hi), blob in zip(ranged, blobs):
             if isinstance(blob, Exception):
                 raise blob

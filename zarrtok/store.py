@@ -33,7 +33,7 @@ READER_OPTIONS = frozenset({"mode", "cache_bytes", "cache_dir", "cache_dir_bytes
 def read_manifest(location: Location) -> Manifest:
     """Read and validate the manifest of the store at ``location`` (raises if absent or incomplete)."""
     try:
-        raw = location.fs.cat_file(f"{location.path}/zarr.json")
+        raw = location.fs.cat_file(f"{location.path}/zarr.json", start=0)
     except FileNotFoundError:
         raise StoreNotFoundError(f"no zarrtok store at {location.url} (no zarr.json)") from None
     try:
@@ -136,7 +136,7 @@ class TokenStore:
 
     def _array_metadata(self, path: str) -> dict[str, Any]:
         try:
-            return json.loads(self.location.fs.cat_file(f"{self.location.path}/{path}/zarr.json"))
+            return json.loads(self.location.fs.cat_file(f"{self.location.path}/{path}/zarr.json", start=0))
         except FileNotFoundError:
             raise IncompleteStoreError(f"{self.url}: array {path} is missing") from None
 
