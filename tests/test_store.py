@@ -165,3 +165,21 @@ def test_recompressed_array_falls_back_to_zarr_reads(tmp_path, tokenizer, docs, 
     for i in (0, 1, len(d) - 1):
         np.testing.assert_array_equal(d[i][0].numpy(), truth[i * 700 : i * 700 + 700])
     np.testing.assert_array_equal(np.asarray(store.tokens("train"), dtype=np.int64), truth)
+
+
+def test_remote_whole_chunk_fetch_verifies_checksum(tokenizer, docs, truth):
+    import fsspec
+
+    ds = datasets.Dataset.from_dict({"text": docs})
+    url = "memory://zarrtok-test/corrupt"
+    zarrtok.build(ds, tokenizer=tokenizer, output=url, chunk_size=1000, progress=False, overwrite=True)
+    fs = fsspec.filesystem("memory")
+    path = "/zarrtok-test/corrupt/splits/train/shards/000000/tokens/c/1"
+    raw = bytearray(fs.cat_file(path))
+    good = zarrtok.open(url, reader_options={"mode": "cache", "cache_bytes": 123_457})
+    np.testing.assert_array_equal(good.tokens("train")[1000:2000].astype(np.int64), truth[1000:2000])
+    raw[7] ^= 0x01
+    fs.pipe_file(path, bytes(raw))
+    bad = zarrtok.open(url, reader_options={"mode": "cache", "cache_bytes": 123_458})
+    with pytest.raises(IncompleteStoreError, match="checksum mismatch"):
+        bad.tokens("train")[1000:1010]
