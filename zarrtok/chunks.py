@@ -1,5 +1,6 @@
-"""Reading token ranges from shards: memory-mapped raw chunk files locally, Zarr (whole chunks,
-LRU-cached) elsewhere; and :class:`TokenArray`, one contiguous virtual array over a split's shards.
+"""Reading token ranges from shards: memory-mapped raw chunk files locally, :mod:`zarrtok.remote`
+for raw chunks elsewhere, Zarr itself (whole chunks, LRU-cached) for any other encoding; and
+:class:`TokenArray`, one contiguous virtual array over a split's shards.
 
 Every reader pickles as a small descriptor (location + array path + sizes), never as data, and
 re-creates file handles lazily in each process, so DataLoader workers (fork, spawn, forkserver)
@@ -28,6 +29,37 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of whole chunks cached per process by the Zarr reader.
 DEFAULT_CACHE_BYTES = 256 << 20
+
+
+class ChunkCache:
+    """A per-process LRU of whole chunks (numpy arrays), bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= dropped.nbytes
 
 
 @dataclass(frozen=True)
@@ -137,7 +169,7 @@ class LocalShardReader(ChunkedShardReader):
 class ZarrShardReader(ChunkedShardReader):
     """Reads a shard through Zarr, fetching whole chunks into a bounded per-process LRU cache.
 
-    Used for stores that are not on local disk, and for arrays whose chunks are not raw bytes.
+    Used for arrays whose chunks are not raw bytes (e.g. a store someone rewrote compressed).
     """
 
     def __init__(self, spec: ShardSpec, *, cache_bytes: int = DEFAULT_CACHE_BYTES):
@@ -148,9 +180,7 @@ class ZarrShardReader(ChunkedShardReader):
         self.cache_bytes = int(cache_bytes)
         self._pid = None
         self._array = None
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
+        self._cache = ChunkCache(self.cache_bytes)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "cache_bytes": self.cache_bytes}
@@ -167,26 +197,18 @@ class ZarrShardReader(ChunkedShardReader):
             group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
             self._array = group[self.spec.array_path]
             self._pid = pid
-            self._cache.clear()
-            self._cached_bytes = 0
+            self._cache = ChunkCache(self.cache_bytes)
         return self._array
 
     def _chunk(self, k: int) -> np.ndarray:
-        with self._lock:
-            hit = self._cache.get(k)
-            if hit is not None:
-                self._cache.move_to_end(k)
-                return hit
+        hit = self._cache.get(k)
+        if hit is not None:
+            return hit
         arr = self._zarr_array()
         start = k * self.chunk_size
         data = np.asarray(arr[start : min(start + self.chunk_size, self.length)])
         data.flags.writeable = False
-        with self._lock:
-            self._cache[k] = data
-            self._cached_bytes += data.nbytes
-            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached_bytes -= old.nbytes
+        self._cache.put(k, data)
         return data
 
 
@@ -296,6 +318,7 @@ class TokenArray:
 
     @property
     def num_chunks(self) -> int:
+        """Chunks across all shards (the range of :meth:`chunk_of`)."""
         return self.chunk_starts[-1]
 
     @property

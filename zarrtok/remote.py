@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 import fsspec
 import numpy as np
 
-from .chunks import ChunkedShardReader, ShardSpec
+from .chunks import ChunkCache, ChunkedShardReader, ShardSpec
 from .errors import IncompleteStoreError
 from .mapping import map_file
 
@@ -65,37 +65,6 @@ def _thread_pool() -> concurrent.futures.ThreadPoolExecutor:
     if state["pool"] is None:
         state["pool"] = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarrtok-fetch")
     return state["pool"]
-
-
-class ChunkCache:
-    """A per-process LRU of whole chunks (numpy arrays), bounded in bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self.nbytes = 0
-        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> np.ndarray | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-            return hit
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._items
-
-    def put(self, key: Any, value: np.ndarray) -> None:
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.nbytes -= old.nbytes
-            self._items[key] = value
-            self.nbytes += value.nbytes
-            while self.nbytes > self.max_bytes and len(self._items) > 1:
-                _, dropped = self._items.popitem(last=False)
-                self.nbytes -= dropped.nbytes
 
 
 def shared_chunk_cache(max_bytes: int) -> ChunkCache:

@@ -24,6 +24,8 @@ from .format import (
     tokens_path,
 )
 from .location import Location, as_location
+from .mapping import MapBudget
+from .remote import MODES
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +79,8 @@ class TokenStore:
         if unknown:
             raise ValueError(f"unknown reader option(s) {sorted(unknown)}: use {sorted(READER_OPTIONS)}")
         mode = self.reader_options.get("mode")
-        if mode is not None and mode not in ("auto", "range", "cache"):
-            raise ValueError(f"unknown read mode {mode!r}: use 'auto', 'range' or 'cache'")
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"unknown read mode {mode!r}: use one of {MODES}")
         self._tokens: dict[str, TokenArray] = {}
 
     # -- metadata -------------------------------------------------------------------------------
@@ -147,8 +149,6 @@ class TokenStore:
         if not limit:
             return None
         if getattr(self, "_budget", None) is None:
-            from .mapping import MapBudget
-
             self._budget = MapBudget(limit)
         return self._budget
 
