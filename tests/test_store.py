@@ -183,3 +183,31 @@ def test_remote_whole_chunk_fetch_verifies_checksum(tokenizer, docs, truth):
     bad = zarrtok.open(url, reader_options={"mode": "cache", "cache_bytes": 123_458})
     with pytest.raises(IncompleteStoreError, match="checksum mismatch"):
         bad.tokens("train")[1000:1010]
+
+
+@pytest.mark.slow
+def test_forked_child_does_not_wait_on_parent_inflight_fetch(tokenizer, docs, truth):
+    """A fetch in flight in the parent at fork time has no thread in the child: the child must fetch itself."""
+    import concurrent.futures
+    import multiprocessing
+
+    ds = datasets.Dataset.from_dict({"text": docs})
+    url = "memory://zarrtok-test/fork-inflight"
+    zarrtok.build(ds, tokenizer=tokenizer, output=url, chunk_size=1000, progress=False, overwrite=True)
+    store = zarrtok.open(url, reader_options={"mode": "cache", "cache_bytes": 123_459})
+    reader = store.tokens("train").readers[0]
+    reader._inflight[2] = concurrent.futures.Future()  # never completes, like a parent thread's fetch
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_tokens_into_queue, args=(store, 2000, 2010, queue))
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung waiting for the parent's in-flight fetch"
+    np.testing.assert_array_equal(queue.get(timeout=5), truth[2000:2010])
+
+
+def _read_tokens_into_queue(store, a, b, queue):
+    queue.put(np.asarray(store.tokens("train")[a:b], dtype=np.int64))

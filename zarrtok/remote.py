@@ -183,9 +183,7 @@ class RemoteShardReader(ChunkedShardReader):
         self._num_chunks = spec.raw.num_chunks
         self._chunk_bytes = self.chunk_size * self.dtype.itemsize
         self._namespace = hashlib.sha256(spec.location.url.encode()).hexdigest()[:16] + "/" + spec.array_path
-        self._recent: OrderedDict[int, None] = OrderedDict()
-        self._inflight: dict[int, concurrent.futures.Future] = {}
-        self._lock = threading.Lock()
+        self._reset_process_state()
         self._disk = DiskChunkCache(cache_dir, cache_dir_bytes) if cache_dir else None
         self.stats = {"range_requests": 0, "range_bytes": 0, "chunk_fetches": 0, "chunk_bytes": 0}
 
@@ -196,6 +194,18 @@ class RemoteShardReader(ChunkedShardReader):
     def __setstate__(self, state: dict[str, Any]) -> None:
         spec = state.pop("spec")
         self.__init__(spec, **state)
+
+    def _reset_process_state(self) -> None:
+        """Fresh per-process state: a forked child must not wait on its parent's in-flight fetches
+        (their threads do not exist in the child) or inherit a lock held at fork time."""
+        self._pid = os.getpid()
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._inflight: dict[int, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            self._reset_process_state()
 
     # -- objects -------------------------------------------------------------------------------
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -244,6 +254,7 @@ class RemoteShardReader(ChunkedShardReader):
         hit = self._cache().get(self._key(k))
         if hit is not None:
             return hit
+        self._check_process()
         with self._lock:
             future = self._inflight.get(k)
         if future is not None:
@@ -254,6 +265,7 @@ class RemoteShardReader(ChunkedShardReader):
         """Fetch these chunks into the cache in the background (no-op for cached or in-flight ones)."""
         if self.mode == "range":
             return
+        self._check_process()
         cache = self._cache()
         pool = None
         for k in chunks:
@@ -276,6 +288,7 @@ class RemoteShardReader(ChunkedShardReader):
         """Whether to serve a read in chunk ``k`` by a ranged GET (else via the whole chunk)."""
         if self.mode == "range":
             return True
+        self._check_process()
         if self.mode == "cache" or self._key(k) in self._cache() or k in self._inflight:
             return False
         if k in self._recent:  # auto: second touch of a recent chunk -> fetch it whole
