@@ -204,8 +204,6 @@ def _reference_batch(ref: MemmapWindows, batch: Sequence[int]) -> tuple[torch.Te
 
 def bench_seq_len(store: Any, raw_path: str, seq_len: int, args: argparse.Namespace) -> dict[str, Any]:
     """Single-window and batched comparisons for one store and ``seq_len``."""
-    import zarrtok
-
     ds = store.dataset("train", seq_len)
     ref = MemmapWindows(raw_path, store.dtype, seq_len)
     assert len(ds) == len(ref), (len(ds), len(ref))
@@ -431,17 +429,30 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_in_workdir(run_fn: Callable[[argparse.Namespace, str], dict[str, Any]], args: argparse.Namespace,
+                   prefix: str) -> dict[str, Any]:
+    """Run a benchmark in ``--workdir`` (kept) or in a temporary directory (deleted afterwards)."""
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
-        report = run(args, os.path.abspath(args.workdir))
-    else:
-        workdir = tempfile.mkdtemp(prefix="zarrtok-bench-")
-        try:
-            report = run(args, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return run_fn(args, os.path.abspath(args.workdir))
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        return run_fn(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    """Write a benchmark report as JSON and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"results written to {path}  (total {report['total_seconds']:.0f}s)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run_in_workdir(run, args, "zarrtok-bench-")
 
     m = report["machine"]
     print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
@@ -462,10 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"\nall targets met (zarrtok >= {TARGET_RATIO}x the memmap reference)")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"results written to {args.json}  (total {report['total_seconds']:.0f}s)")
+    write_report(report, args.json)
     return 0
 
 

@@ -70,7 +70,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from benchmarks.random_access import isolate_caches, machine_info, make_corpus
+from benchmarks.random_access import isolate_caches, machine_info, make_corpus, run_in_workdir, write_report
 
 SEQ_LEN = 2048
 BATCH_SIZE = 16
@@ -744,15 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve:
         return serve()
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        report = run(args, os.path.abspath(args.workdir))
-    else:
-        workdir = tempfile.mkdtemp(prefix="zarrtok-bench-remote-")
-        try:
-            report = run(args, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    report = run_in_workdir(run, args, "zarrtok-bench-remote-")
     missed = print_report(report)
     m = report["machine"]
     print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
@@ -763,10 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({c['other_processes_share']:.0%} of the machine; this run used {c['own_cpu_seconds']:.0f} CPU-s "
               f"in {c['wall_seconds']:.0f}s)")
     print("\nMISS: " + ", ".join(missed) if missed else "\nall targets met")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"results written to {args.json}  (total {report['total_seconds']:.0f}s)")
+    write_report(report, args.json)
     return 0
 
 

@@ -28,7 +28,6 @@ from .format import (
     ATTRIBUTE_KEY,
     DEFAULT_CHUNK_BYTES,
     FORMAT_VERSION,
-    STATUS_BUILDING,
     STATUS_COMPLETE,
     TOKENIZER_GROUP,
     Manifest,
