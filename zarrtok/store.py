@@ -55,7 +55,7 @@ def open(  # noqa: A001
 ) -> "TokenStore":
     """Open a complete zarrtok store at a local path or fsspec URL.
 
-    ``reader_options`` (see README "Reading from object storage"):
+    ``reader_options`` (see the README section "Object storage"):
 
     * local stores: ``max_mapped_chunks`` (chunk maps kept by this store's readers; default the
       process-wide budget of 16384);
