@@ -185,6 +185,35 @@ def test_remote_whole_chunk_fetch_verifies_checksum(tokenizer, docs, truth):
         bad.tokens("train")[1000:1010]
 
 
+@pytest.mark.parametrize("where", ["data", "checksum"])
+def test_remote_last_chunk_fetch_skips_padding_and_verifies_checksum(tokenizer, docs, truth, where):
+    """A shard's padded last chunk is fetched as its used bytes + the 4-byte CRC (the padding is the
+    fill value, never sent); the CRC is still checked, extended over the padding."""
+    import fsspec
+
+    ds = datasets.Dataset.from_dict({"text": docs})
+    url = f"memory://zarrtok-test/lastchunk-{where}"
+    zarrtok.build(ds, tokenizer=tokenizer, output=url, chunk_size=1000, progress=False, overwrite=True)
+    n = zarrtok.open(url).num_tokens("train")
+    last = (n - 1) // 1000
+    assert n % 1000, "the test needs a padded last chunk"
+    fs = fsspec.filesystem("memory")
+    path = f"/zarrtok-test/lastchunk-{where}/splits/train/shards/000000/tokens/c/{last}"
+    raw = bytearray(fs.cat_file(path))
+    itemsize = zarrtok.open(url).dtype.itemsize
+    used = (n - last * 1000) * itemsize
+    assert len(raw) == 1000 * itemsize + 4
+    good = zarrtok.open(url, reader_options={"mode": "cache", "cache_bytes": 223_451 + len(where)})
+    reader = good.tokens("train").readers[0]
+    np.testing.assert_array_equal(good.tokens("train")[last * 1000 : n].astype(np.int64), truth[last * 1000 : n])
+    assert reader.stats["chunk_bytes"] == used + 4  # not the padding
+    raw[used - 1 if where == "data" else len(raw) - 2] ^= 0x10
+    fs.pipe_file(path, bytes(raw))
+    bad = zarrtok.open(url, reader_options={"mode": "cache", "cache_bytes": 223_461 + len(where)})
+    with pytest.raises(IncompleteStoreError, match="checksum mismatch"):
+        bad.tokens("train")[n - 3 : n]
+
+
 @pytest.mark.slow
 def test_forked_child_does_not_wait_on_parent_inflight_fetch(tokenizer, docs, truth):
     """A fetch in flight in the parent at fork time has no thread in the child: the child must fetch itself."""

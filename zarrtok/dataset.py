@@ -164,7 +164,9 @@ class TokenDataset(Dataset):
             return
         upcoming = self._order[p + 1 : p + 1 + self._lookahead]
         if upcoming.size:
-            chunks = self.tokens.chunk_of(upcoming * self.seq_len)
+            starts = upcoming * self.seq_len
+            # the chunk each upcoming window starts in and the one it ends in (they differ when it straddles)
+            chunks = self.tokens.chunk_of(np.stack([starts, starts + self.seq_len], axis=1).ravel())
             _, first = np.unique(chunks, return_index=True)
             # every distinct chunk of the upcoming windows, in order of first use (cached ones are no-ops)
             self.tokens.prefetch_chunks(chunks[np.sort(first)][: 4 * max(1, self.tokens.readahead) + 8])

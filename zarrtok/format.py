@@ -228,6 +228,7 @@ class RawChunkLayout:
     chunk_size: int
     key_prefix: str  # e.g. "c/" (default encoding) or "" (v2 encoding)
     trailer_bytes: int  # bytes after the data in each chunk file (4 for crc32c)
+    fill_value: int = 0  # what pads the last chunk
 
     def chunk_key(self, k: int) -> str:
         return f"{self.key_prefix}{k}"
@@ -235,6 +236,10 @@ class RawChunkLayout:
     @property
     def num_chunks(self) -> int:
         return -(-self.shape // self.chunk_size) if self.shape else 0
+
+    def used_items(self, k: int) -> int:
+        """Items of chunk ``k`` inside the array (the rest of the last chunk is padding)."""
+        return max(0, min(self.chunk_size, self.shape - k * self.chunk_size))
 
 
 def raw_chunk_layout(array_metadata: dict[str, Any]) -> RawChunkLayout | None:
@@ -271,6 +276,9 @@ def raw_chunk_layout(array_metadata: dict[str, Any]) -> RawChunkLayout | None:
             prefix = ""
         else:
             return None
-        return RawChunkLayout(dtype=dtype.name, shape=int(shape[0]), chunk_size=chunk, key_prefix=prefix, trailer_bytes=trailer)
+        fill = array_metadata.get("fill_value", 0)
+        fill = int(fill) if fill is not None else 0
+        return RawChunkLayout(dtype=dtype.name, shape=int(shape[0]), chunk_size=chunk, key_prefix=prefix,
+                              trailer_bytes=trailer, fill_value=fill)
     except (KeyError, TypeError, ValueError, IndexError):
         return None

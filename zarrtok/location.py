@@ -39,8 +39,41 @@ def process_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[fsspe
         hit = _PROCESS["filesystems"].get(key)
         if hit is None:
             fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **storage_options)
+            _share_botocore_loader(fs)
             hit = _PROCESS["filesystems"][key] = (fs, path.rstrip("/") or path)
         return hit
+
+
+#: The botocore data loader (parsed endpoint and service-model JSON) of the first s3fs session this
+#: program created. Module state survives fork, so forked DataLoader workers reuse the parsed JSON.
+_BOTOCORE_LOADER: list[Any] = []
+
+
+def _share_botocore_loader(fs: fsspec.AbstractFileSystem) -> None:
+    """Give a new s3fs filesystem an aiobotocore session whose data loader is shared process-wide.
+
+    Creating an S3 client parses botocore's endpoint and service models (~0.1-0.2 s of JSON per
+    new process); a forked worker that inherits the parent's already-parsed loader skips that. Only
+    the loader is shared: the session itself (credentials, HTTP connections, event loop) stays per
+    process. Left alone when s3fs is not in use or the user passed their own ``session`` or
+    session arguments.
+    """
+    if getattr(fs, "session", "absent") is not None or getattr(fs, "kwargs", None):
+        return
+    try:
+        import aiobotocore.session
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - only reachable without the [s3] extra
+        return
+    if not isinstance(fs, S3FileSystem):
+        return
+    session = aiobotocore.session.AioSession()
+    if _BOTOCORE_LOADER:
+        session.register_component("data_loader", _BOTOCORE_LOADER[0])
+    else:
+        _BOTOCORE_LOADER.append(session.get_component("data_loader"))
+    fs.session = session
+    fs._session_is_owned = True  # s3fs may still replace it on refresh, as with its own session
 
 
 @dataclass

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 import fsspec
+import google_crc32c  # zarr's crc32c codec depends on it
 import numpy as np
 
 from .chunks import ChunkCache, ChunkedShardReader, ShardSpec
@@ -202,6 +203,7 @@ class RemoteShardReader(ChunkedShardReader):
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._inflight: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
+        self._chunk_cache = shared_chunk_cache(self.cache_bytes)
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
@@ -219,34 +221,59 @@ class RemoteShardReader(ChunkedShardReader):
         return fs, f"{base}/{self.spec.raw.chunk_key(k)}"
 
     def _cache(self) -> ChunkCache:
-        return shared_chunk_cache(self.cache_bytes)
+        if self._pid != os.getpid():
+            self._reset_process_state()
+        return self._chunk_cache
 
     def _key(self, k: int) -> tuple[str, int]:
         return (self._namespace, k)
 
     # -- whole chunks --------------------------------------------------------------------------
     def _download(self, k: int) -> memoryview:
-        """The chunk's data bytes, checksum verified when the array has one."""
+        """The used bytes of chunk ``k`` (all of it, except the padding of a shard's last chunk),
+        checksum verified when the array has one."""
         fs, path = self._object(k)
-        trailer = self.spec.raw.trailer_bytes
-        try:  # the object's size is known: one ranged GET (s3fs sends HEAD + GET for an unranged read)
-            raw = fs.cat_file(path, start=0, end=self._chunk_bytes + trailer)
+        layout = self.spec.raw
+        trailer = layout.trailer_bytes
+        used = layout.used_items(k) * self.dtype.itemsize
+        try:
+            if used == self._chunk_bytes or not trailer:
+                # One ranged GET (s3fs sends HEAD + GET for an unranged read).
+                end = used + trailer
+                raw = fs.cat_file(path, start=0, end=end)
+                crc = None
+            else:  # a padded last chunk: the used prefix and the checksum, never the padding
+                end = used + trailer
+                raw, crc = fs.cat_ranges([path, path], [0, self._chunk_bytes], [used, self._chunk_bytes + trailer])
+                for part in (raw, crc):
+                    if isinstance(part, Exception):
+                        raise part
         except FileNotFoundError:
             raise IncompleteStoreError(f"chunk object {path} is missing") from None
+        got = len(raw) + (len(crc) if crc is not None else 0)
         self.stats["chunk_fetches"] += 1
-        self.stats["chunk_bytes"] += len(raw)
-        if len(raw) < self._chunk_bytes + trailer:
-            raise IncompleteStoreError(f"chunk object {path} has {len(raw)} bytes, expected {self._chunk_bytes + trailer}")
+        self.stats["chunk_bytes"] += got
+        if got != end:
+            raise IncompleteStoreError(f"chunk object {path}: read {got} bytes, expected {end}")
         if trailer == 4:
-            _verify_crc32c(raw, path)
-        return memoryview(raw)[: self._chunk_bytes]  # no 8 MiB copy
+            if crc is None:
+                _verify_crc32c(raw, path)
+            else:
+                pad = np.full(layout.chunk_size - layout.used_items(k), layout.fill_value, dtype=self.dtype)
+                _verify_crc32c_parts(raw, pad.tobytes(), crc, path)
+        return memoryview(raw)[:used]  # a view: no copy of the chunk
+
+    def _used_tokens(self, k: int) -> int:
+        return self.spec.raw.used_items(k)
 
     def _load(self, k: int) -> np.ndarray:
+        count = self._used_tokens(k)
         if self._disk is not None:
-            arr, _ = self._disk.get_or_fetch(self._namespace, self.spec.raw.chunk_key(k), self._chunk_bytes,
-                                             self.dtype, self.chunk_size, lambda: self._download(k))
+            arr, _ = self._disk.get_or_fetch(self._namespace, self.spec.raw.chunk_key(k),
+                                             count * self.dtype.itemsize, self.dtype, count,
+                                             lambda: self._download(k))
         else:
-            arr = np.frombuffer(self._download(k), dtype=self.dtype, count=self.chunk_size)
+            arr = np.frombuffer(self._download(k), dtype=self.dtype, count=count)
         self._cache().put(self._key(k), arr)
         return arr
 
@@ -289,7 +316,9 @@ class RemoteShardReader(ChunkedShardReader):
         if self.mode == "range":
             return True
         self._check_process()
-        if self.mode == "cache" or self._key(k) in self._cache() or k in self._inflight:
+        if self._key(k) in self._cache():
+            return False
+        if self.mode == "cache" or k in self._inflight:
             return False
         if k in self._recent:  # auto: second touch of a recent chunk -> fetch it whole
             del self._recent[k]
@@ -330,14 +359,34 @@ class RemoteShardReader(ChunkedShardReader):
         """Fill row ``i`` of ``out`` with tokens ``[starts[i], starts[i] + n)``; all ranged GETs of
         the batch are issued concurrently."""
         starts = list(starts)
+        if n <= 0:
+            return
         c = self.chunk_size
+        cache = self._cache()  # also resets per-process state in a new process
+        namespace = self._namespace
+        use_cache = self.mode != "range"  # range mode: exactly one GET per window piece, always
+        held: dict[int, np.ndarray] = {}  # chunks this batch already holds (one cache lookup per chunk)
         ranged: list[tuple[int, int, int, int]] = []  # (row, k, lo, hi)
         for row, a in enumerate(starts):
-            for k, lo, hi in self._pieces(a, a + n):
-                if self._use_range(k):
-                    ranged.append((row, k, lo, hi))
+            b = a + n
+            k = a // c
+            while True:
+                hi = min(b, (k + 1) * c)
+                chunk = held.get(k)
+                if chunk is None and use_cache:
+                    chunk = cache.get((namespace, k))
+                    if chunk is None and not self._use_range(k):
+                        chunk = self._chunk(k)
+                    if chunk is not None:
+                        held[k] = chunk
+                if chunk is None:
+                    ranged.append((row, k, max(a, k * c), hi))
                 else:
-                    out[row, lo - a : hi - a] = self._chunk(k)[lo - k * c : hi - k * c]
+                    lo = max(a, k * c)
+                    out[row, lo - a : hi - a] = chunk[lo - k * c : hi - k * c]
+                if hi >= b:
+                    break
+                k += 1
         if ranged:
             self._fetch_ranges(ranged, starts, out)
 
@@ -369,15 +418,12 @@ _CRC32C_RESIDUE = 0x48674BC7
 
 def _verify_crc32c(raw: bytes, path: str) -> None:
     """Check a chunk object (data followed by its 4-byte CRC-32C) without copying the data."""
-    try:
-        import google_crc32c
-    except ImportError:  # pragma: no cover - zarr's crc32c codec brings a crc32c implementation
-        try:
-            from crc32c import crc32c as _crc
-        except ImportError:
-            return
-        value = _crc(raw)
-    else:
-        value = google_crc32c.value(raw)
-    if value != _CRC32C_RESIDUE:
+    if google_crc32c.value(raw) != _CRC32C_RESIDUE:
+        raise IncompleteStoreError(f"checksum mismatch in chunk object {path}: the object is corrupted")
+
+
+def _verify_crc32c_parts(data: bytes, pad: bytes, stored: bytes, path: str) -> None:
+    """Check a padded chunk from its used bytes, the padding it must hold (the array's fill value,
+    never downloaded) and its stored little-endian CRC-32C."""
+    if google_crc32c.extend(google_crc32c.value(data), pad) != int.from_bytes(stored, "little"):
         raise IncompleteStoreError(f"checksum mismatch in chunk object {path}: the object is corrupted")
