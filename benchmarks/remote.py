@@ -427,7 +427,8 @@ def run_epoch(store: Any, epoch: int) -> tuple[int, int, float, float, tuple[flo
 
     ds = store.dataset("train", SEQ_LEN)
     sampler = ChunkShuffleSampler(ds, seed=0, epoch=epoch, block_chunks=BLOCK_CHUNKS)
-    ds.set_access_order(list(sampler))
+    # the S3 contenders have a cache_dir shared by the workers: start the first chunks while they start
+    ds.set_access_order(list(sampler), prefetch_now=True)
     loader = DataLoader(ds, batch_sampler=BatchSampler(sampler, BATCH_SIZE, drop_last=False),
                         num_workers=NUM_WORKERS, collate_fn=zarrtok.collate_windows)
 
@@ -459,6 +460,9 @@ def bench_loader(server: MotoServer, url: str, opts: dict[str, Any], local_path:
         return os.path.join(tmpfs_dir if name == "remote_cold_tmpfs" else workdir, f"cache-cold-{r}")
 
     def open_store(name: str, r: int) -> Any:
+        from zarrtok.remote import clear_memory_caches
+
+        clear_memory_caches()  # nothing from an earlier epoch in this process's chunk LRU
         if name == "local":
             return zarrtok.open(local_path)
         options = {"mode": "cache", "cache_dir": cache_dir(name, r)}

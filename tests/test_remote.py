@@ -596,6 +596,54 @@ def test_bounded_disk_cache_shared_by_two_processes(remote, train, tmp_path):
 
 
 # -- 7. DataLoader workers ---------------------------------------------------------------------------------
+def _child_reads_disk_cache(directory, results):
+    from zarrtok.remote import DiskChunkCache
+
+    def must_not_fetch():
+        raise AssertionError("the parent fetched this chunk: the child must find it on disk")
+
+    arr, fetched = DiskChunkCache(directory).get_or_fetch("ns", "c/0", 200, np.dtype(np.uint16), 100, must_not_fetch)
+    results.put((arr.tolist(), fetched))
+
+
+def test_disk_cache_lock_held_by_a_parent_thread_at_fork(tmp_path):
+    """A parent thread holding a chunk's flock while fetching, at the moment a DataLoader forks: the
+    child inherits that descriptor; it must not keep the lock alive (the child would wait forever).
+    Closing alone would not release it while the child holds a copy: the unlock is explicit."""
+    import threading
+    import time
+
+    from zarrtok.remote import DiskChunkCache
+
+    cache = DiskChunkCache(str(tmp_path))
+    data = np.arange(100, dtype=np.uint16)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_fetch():
+        started.set()
+        assert release.wait(60)
+        return data.tobytes()
+
+    parent = threading.Thread(target=cache.get_or_fetch, args=("ns", "c/0", 200, np.dtype(np.uint16), 100, slow_fetch))
+    parent.start()
+    assert started.wait(30)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_child_reads_disk_cache, args=(str(tmp_path), results))
+    child.start()
+    try:
+        time.sleep(1.0)  # let the child find no file and wait for the parent's lock
+        release.set()
+        parent.join(30)
+        got, fetched = results.get(timeout=30)  # without the fix: the child blocks on the lock forever
+        assert got == data.tolist() and not fetched
+        child.join(30)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+
+
 def _child_s3_session(url, storage_options, results):
     from zarrtok.location import process_filesystem
 

@@ -47,6 +47,12 @@ class ChunkCache:
                 self._items.move_to_end(key)
             return hit
 
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
     def __contains__(self, key: Any) -> bool:
         return key in self._items
 

@@ -133,12 +133,19 @@ class TokenDataset(Dataset):
         return WindowBatch(t[:, :-1], t[:, 1:])
 
     # -- read-ahead ------------------------------------------------------------------------------
-    def set_access_order(self, indices: Sequence[int] | None, *, lookahead_windows: int | None = None) -> None:
+    def set_access_order(self, indices: Sequence[int] | None, *, lookahead_windows: int | None = None,
+                         prefetch_now: bool = False) -> None:
         """Tell the dataset the order windows will be requested in (e.g. ``list(sampler)``).
 
         Remote stores then prefetch the chunks of upcoming windows (``readahead`` chunks ahead) on a
         background thread pool. Call it before creating the DataLoader iterator (workers get a copy)
         and again for each epoch. ``None`` turns read-ahead off. No effect on local stores.
+
+        ``prefetch_now=True`` starts fetching the first windows' chunks in this process at once,
+        overlapping the download with DataLoader worker start-up. Use it when this process reads
+        the windows itself (``num_workers=0``) or the store has a shared ``cache_dir`` (workers then
+        find the chunks on disk, or wait for this fetch instead of repeating it); otherwise workers
+        cannot use what this process fetched.
         """
         if indices is None:
             self._order = self._position = None
@@ -153,6 +160,8 @@ class TokenDataset(Dataset):
         self._order, self._position = order, position
         self._lookahead = int(lookahead_windows) if readahead else 0
         self._next_prefetch = 0
+        if prefetch_now and self._lookahead and order.size:
+            self._prefetch_range(0)
 
     def _prefetch_after(self, index: int) -> None:
         if not self._lookahead:
@@ -162,7 +171,12 @@ class TokenDataset(Dataset):
             self._next_prefetch = 0
         if p < self._next_prefetch:
             return
-        upcoming = self._order[p + 1 : p + 1 + self._lookahead]
+        self._prefetch_range(p + 1)
+        self._next_prefetch = p + max(1, self._lookahead // 4)
+
+    def _prefetch_range(self, p: int) -> None:
+        """Prefetch the chunks of the ``lookahead`` windows from position ``p`` of the access order."""
+        upcoming = self._order[p : p + self._lookahead]
         if upcoming.size:
             starts = upcoming * self.seq_len
             # the chunk each upcoming window starts in and the one it ends in (they differ when it straddles)
@@ -170,4 +184,3 @@ class TokenDataset(Dataset):
             _, first = np.unique(chunks, return_index=True)
             # every distinct chunk of the upcoming windows, in order of first use (cached ones are no-ops)
             self.tokens.prefetch_chunks(chunks[np.sort(first)][: 4 * max(1, self.tokens.readahead) + 8])
-        self._next_prefetch = p + max(1, self._lookahead // 4)

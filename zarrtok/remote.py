@@ -50,6 +50,14 @@ _PROCESS: dict[str, Any] = {"pid": None}
 _PROCESS_LOCK = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _PROCESS_LOCK
+    _PROCESS_LOCK = threading.Lock()  # a parent thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _process_state() -> dict[str, Any]:
     """Per-process caches and thread pool; reset in a new process (fork-safe)."""
     pid = os.getpid()
@@ -75,6 +83,13 @@ def shared_chunk_cache(max_bytes: int) -> ChunkCache:
     if cache is None:
         cache = caches[max_bytes] = ChunkCache(max_bytes)
     return cache
+
+
+def clear_memory_caches() -> None:
+    """Drop every chunk this process holds in memory (e.g. to measure a cold epoch; ``cache_dir``
+    contents are not touched)."""
+    for cache in list(_process_state()["caches"].values()):
+        cache.clear()
 
 
 class DiskChunkCache:
@@ -122,7 +137,7 @@ class DiskChunkCache:
                     if os.path.exists(tmp):
                         os.remove(tmp)
                     raise
-            finally:
+            finally:  # explicit: a forked child's inherited copy of this descriptor must not keep it locked
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
         self._evict(keep=path)
         # Use the bytes in hand: another process may already have evicted the file again.
