@@ -3,7 +3,9 @@
 ``ChunkShuffleSampler`` is the object-storage friendly order: chunks are shuffled, then the
 windows of a block of a few consecutive-in-the-shuffle chunks are shuffled together, so each chunk
 is fetched about once per epoch while the order still looks random to the model. Deterministic
-from ``(seed, epoch)``; every window is yielded exactly once per epoch.
+from ``(seed, epoch)``; every window is yielded exactly once per epoch. For training with ranks,
+workers and resume, use :class:`zarrtok.loader.TokenLoader` (``shuffle="chunk"``), which uses the
+same order.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from .sampling import WindowOrder
 
 
 class ChunkShuffleSampler(Sampler[int]):
@@ -33,19 +37,9 @@ class ChunkShuffleSampler(Sampler[int]):
         return len(self.dataset)
 
     def order(self) -> np.ndarray:
-        """The epoch's window indices as an int64 array."""
-        n = len(self.dataset)
-        windows = np.arange(n, dtype=np.int64)
-        chunk_of = getattr(self.dataset.tokens, "chunk_of", None)
-        chunks = chunk_of(windows * self.dataset.seq_len) if chunk_of is not None else np.zeros(n, dtype=np.int64)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        distinct = np.unique(chunks)
-        shuffled = rng.permutation(distinct)
-        rank = np.empty(int(distinct.max()) + 1 if distinct.size else 0, dtype=np.int64)
-        rank[shuffled] = np.arange(shuffled.size)
-        block = rank[chunks] // self.block_chunks
-        # sort windows by (block, random key): blocks in shuffled-chunk order, windows shuffled inside
-        return windows[np.lexsort((rng.random(n), block))]
+        """The epoch's window indices as an int64 array (:func:`zarrtok.sampling.chunk_local_order`)."""
+        return np.array(WindowOrder.from_dataset(self.dataset, shuffle="chunk", seed=self.seed,
+                                                 block_chunks=self.block_chunks).order(self.epoch))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())

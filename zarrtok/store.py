@@ -8,7 +8,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -26,6 +26,9 @@ from .format import (
 from .location import Location, as_location
 from .mapping import MapBudget
 from .remote import MODES
+
+if TYPE_CHECKING:
+    from .loader import TokenLoader
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class TokenStore:
         if mode is not None and mode not in MODES:
             raise ValueError(f"unknown read mode {mode!r}: use one of {MODES}")
         self._tokens: dict[str, TokenArray] = {}
+        self._documents: dict[str, np.ndarray] = {}
 
     # -- metadata -------------------------------------------------------------------------------
     @property
@@ -180,6 +184,9 @@ class TokenStore:
     def documents(self, split: str) -> np.ndarray:
         """Document offsets: int64 array of length ``num_documents + 1``; document ``d`` is tokens
         ``[offsets[d], offsets[d + 1])`` including its EOS. Empty source documents have length 0."""
+        cached = self._documents.get(split)
+        if cached is not None:
+            return cached
         info = self._split(split)
         parts = [np.zeros(1, dtype=np.int64)]
         base = 0
@@ -189,11 +196,56 @@ class TokenStore:
                 raise IncompleteStoreError(f"{self.url}: document offsets of {split}/{shard.name} are inconsistent")
             parts.append(ends + base)
             base += shard.num_tokens
-        return np.concatenate(parts)
+        offsets = np.concatenate(parts)
+        offsets.flags.writeable = False
+        self._documents[split] = offsets
+        return offsets
 
-    def dataset(self, split: str, seq_len: int) -> TokenDataset:
-        """A :class:`TokenDataset` of ``seq_len`` windows over ``split``."""
-        return TokenDataset(self.tokens(split), seq_len, split=split)
+    def dataset(self, split: str, seq_len: int, *, stride: int | None = None, bos: bool | int = False,
+                drop_last: bool = True, pad_id: int | None = None, ignore_index: int = -100,
+                mask_overlap: bool = False, document_outputs: bool = False,
+                mask_document_boundaries: bool = False, as_dict: bool = False) -> TokenDataset:
+        """A :class:`TokenDataset` of ``seq_len`` windows over ``split``.
+
+        Defaults give Archai's windows as ``(inputs, labels)``. ``stride`` / ``mask_overlap``:
+        overlapping evaluation windows; ``drop_last=False``: pad the last window (``pad_id``,
+        default the store's EOS id, else 0; labels ``ignore_index``); ``bos=True``: start every
+        window with the tokenizer's BOS token (an error if it defines none; an int is used as the
+        id); ``document_outputs`` / ``mask_document_boundaries``: per-document ``position_ids``,
+        ``cu_seqlens``, ``max_seqlen`` and masked cross-document labels (see
+        :class:`TokenDataset`).
+        """
+        if bos is True:
+            bos_id = self.tokenizer.bos_token_id
+            if bos_id is None:
+                raise ValueError(f"bos=True, but the tokenizer of {self.url} defines no BOS token; pass bos=<id>")
+        elif bos is False or bos is None:
+            bos_id = None
+        else:
+            bos_id = int(bos)
+        if pad_id is None:
+            pad_id = self.eos_token_id if self.eos_token_id is not None else 0
+        offsets = self.documents(split) if (document_outputs or mask_document_boundaries) else None
+        return TokenDataset(self.tokens(split), seq_len, split=split, stride=stride, bos_id=bos_id,
+                            drop_last=drop_last, pad_id=pad_id, ignore_index=ignore_index, mask_overlap=mask_overlap,
+                            doc_offsets=offsets, document_outputs=document_outputs,
+                            mask_document_boundaries=mask_document_boundaries, as_dict=as_dict)
+
+    def dataloader(self, split: str, seq_len: int, batch_size: int, *, shuffle: bool | str = True, seed: int = 0,
+                   rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
+                   return_index: bool = False, **options: Any) -> "TokenLoader":
+        """A :class:`~zarrtok.loader.TokenLoader` (shuffled, distributed, resumable dict batches)
+        over ``seq_len`` windows of ``split``. ``options`` are :meth:`dataset`'s window options
+        and :class:`~zarrtok.loader.TokenLoader`'s (``remainder``, ``label_format``,
+        ``block_chunks``, ``epoch``, ``read_ahead``, DataLoader options such as ``pin_memory``)."""
+        from .loader import TokenLoader
+
+        window_keys = {"stride", "bos", "drop_last", "pad_id", "ignore_index", "mask_overlap", "document_outputs",
+                       "mask_document_boundaries"}
+        window = {k: options.pop(k) for k in list(options) if k in window_keys}
+        ds = self.dataset(split, seq_len, **window)
+        return TokenLoader(ds, batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                           num_workers=num_workers, return_index=return_index, **options)
 
     # -- tokenizer ------------------------------------------------------------------------------
     def tokenizer_files(self) -> dict[str, bytes]:
