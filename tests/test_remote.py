@@ -711,6 +711,62 @@ def test_dataloader_workers(s3, remote, train, tmp_path, context, mode):
 
 
 # -- 8. few metadata requests on open ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_loader_over_s3_persistent_workers_two_epochs(s3, remote, train, tmp_path):
+    """The training loader over the bucket: 2 forked persistent workers sharing a cache_dir, chunk-local
+    shuffle with read-ahead driven by the batch sampler (it knows each batch's epoch and step).
+    Epoch 0 fetches every chunk once; epoch 1 fetches nothing (the workers' caches hold the split);
+    every window served once per epoch, equal to the local tokens."""
+    L, B = 50, 8
+    store = remote.open(mode="cache", cache_bytes=fresh_cache_bytes(), cache_dir=str(tmp_path / "chunks"))
+    loader = store.dataloader("train", L, B, seed=2, num_workers=2, multiprocessing_context="fork",
+                              persistent_workers=True, return_index=True)
+    assert loader.shuffle == "chunk" and loader.read_ahead
+    n = len(store.dataset("train", L))
+    for epoch in range(2):
+        s3.reset_log()
+        seen = []
+        for batch in loader:
+            for row, i in enumerate(batch["index"].tolist()):
+                np.testing.assert_array_equal(batch["input_ids"][row].numpy(), train[i * L : i * L + L])
+                np.testing.assert_array_equal(batch["labels"][row].numpy(), train[i * L + 1 : i * L + L + 1])
+            seen += batch["index"].tolist()
+        assert sorted(seen) == sorted(set(seen)) and len(seen) == (n // B) * B
+        assert loader.epoch == epoch and loader.consumed == (n // B) * B
+        if epoch == 0:
+            check_each_chunk_fetched_once(s3.requests, store, all_chunks=False)
+        else:
+            assert chunk_gets(s3.requests) == {}, s3.summary()
+
+
+def test_loader_read_ahead_fetches_upcoming_chunks_in_process(remote):
+    """num_workers=0: the loader starts fetching the first chunks at once and keeps ahead of the batches."""
+    import time
+
+    L, B = 50, 8
+    store = remote.open(mode="cache", cache_bytes=fresh_cache_bytes(), readahead=8)
+    loader = store.dataloader("train", L, B, seed=4, return_index=True)
+    readers = store.tokens("train").readers
+    it = iter(loader)
+    first = next(it)
+    ds = loader.dataset
+    assert ds._lookahead == 8 * CHUNK // L
+    # windows 200-320 of the order: beyond the first block of 4 chunks (160 windows), not read yet
+    upcoming = loader.sampler.upcoming(0, 0, 320)[200:]
+    chunks = set(ds.tokens.chunk_of(upcoming * L).tolist()) - set(ds.tokens.chunk_of(first["index"].numpy() * L).tolist())
+    assert chunks
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(r._inflight for r in readers):
+        time.sleep(0.01)
+    cache = readers[0]._cache()
+    cached = {g for g in chunks for i, r in enumerate(readers)
+              if ds.tokens.chunk_starts[i] <= g < ds.tokens.chunk_starts[i + 1]
+              and (r._namespace, g - ds.tokens.chunk_starts[i]) in cache}
+    assert cached == chunks, (chunks, cached)  # fetched before anything asked for them
+    assert first["index"].numel() == B
+    del it
+
+
 def test_open_and_first_window_make_few_requests(s3, remote, train):
     # a URL spelling this process has not used yet: a cold filesystem instance, as in a fresh process
     url = remote.url + "/"
