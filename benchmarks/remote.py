@@ -2,7 +2,8 @@
 
 Run from the repository root::
 
-    python -m benchmarks.remote              # ~30M tokens (8 chunk objects of 8 MiB), ~2 minutes
+    python -m benchmarks.remote              # ~120M tokens (29 chunk objects of 8 MiB), ~7 minutes
+    python -m benchmarks.remote --tokens 30000000   # a small split (8 chunks): start-up costs dominate
     python -m benchmarks.remote --quick      # ~2M tokens in 256K-token chunks, ~15 seconds (a smoke run)
     python -m benchmarks.remote --tokens 40000000 --json /tmp/remote.json
 
@@ -31,8 +32,10 @@ Method
    ratio of medians (target >= 3x), server bytes, requests and CPU per window. Informational:
    ``__getitems__`` of 16 random windows (the batch's ranged GETs are issued concurrently).
 5. **(b)/(c) A shuffled epoch through a DataLoader.** ``batch 16 x seq 2048``, ``num_workers=2``,
-   ``BatchSampler(ChunkShuffleSampler(ds, seed=0, epoch=r, block_chunks=4))``,
-   ``collate_fn=zarrtok.collate_windows``, ``ds.set_access_order(list(sampler))``. Contenders:
+   zarrtok's training loader: ``store.dataloader("train", 2048, 16, shuffle="chunk", seed=0,
+   epoch=r, block_chunks=4, num_workers=2, remainder="partial")`` (a ``torch`` DataLoader over the
+   chunk-local shuffle, read-ahead driven by its batch sampler; with a shared ``cache_dir`` the
+   first chunks start downloading in the parent while the workers start). Contenders:
    (b) the S3 store in ``"cache"`` mode with a **fresh** ``cache_dir`` per round in the temporary
    directory (a cold epoch: every byte comes over the link, both workers share the directory), and
    (c) the local store. Informational: the S3 store with a warm ``cache_dir`` (nothing to fetch),
@@ -420,23 +423,18 @@ def machine_busy_seconds() -> float | None:
 def run_epoch(store: Any, epoch: int) -> tuple[int, int, float, float, tuple[float, float]]:
     """One shuffled epoch through a fresh DataLoader: (batches, checksum, seconds, seconds to the first
     batch, (CPU seconds of this process, CPU seconds of the workers))."""
-    from torch.utils.data import BatchSampler, DataLoader
-
-    import zarrtok
-    from zarrtok.sampler import ChunkShuffleSampler
-
-    ds = store.dataset("train", SEQ_LEN)
-    sampler = ChunkShuffleSampler(ds, seed=0, epoch=epoch, block_chunks=BLOCK_CHUNKS)
-    # the S3 contenders have a cache_dir shared by the workers: start the first chunks while they start
-    ds.set_access_order(list(sampler), prefetch_now=True)
-    loader = DataLoader(ds, batch_sampler=BatchSampler(sampler, BATCH_SIZE, drop_last=False),
-                        num_workers=NUM_WORKERS, collate_fn=zarrtok.collate_windows)
+    # zarrtok's training loader: chunk-local shuffle, read-ahead driven by the batch sampler, and (S3
+    # contenders, which have a cache_dir shared by the workers) the first chunks started in this
+    # process while the workers start. "partial" serves the last, short batch (like drop_last=False).
+    loader = store.dataloader("train", SEQ_LEN, BATCH_SIZE, shuffle="chunk", seed=0, epoch=epoch,
+                              block_chunks=BLOCK_CHUNKS, num_workers=NUM_WORKERS, remainder="partial")
 
     def consume() -> tuple[int, int, float]:
         n = check = 0
         first = 0.0
         t0 = time.perf_counter()
-        for inputs, labels in loader:
+        for batch in loader:
+            inputs, labels = batch["input_ids"], batch["labels"]
             if n == 0:
                 first = time.perf_counter() - t0
             assert inputs.shape[1] == SEQ_LEN and labels.shape == inputs.shape
@@ -637,7 +635,7 @@ def print_report(rep: dict[str, Any]) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.remote", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="~2M tokens in 256K-token chunks, fewer and shorter rounds")
-    p.add_argument("--tokens", type=int, default=None, help="corpus size in tokens (default 30M; 2M with --quick)")
+    p.add_argument("--tokens", type=int, default=None, help="corpus size in tokens (default 120M; 2M with --quick)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help=f"tokens per chunk (default: zarrtok's 8 MiB; {QUICK_CHUNK:,} with --quick)")
     p.add_argument("--json", default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
@@ -650,7 +648,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="keep data and stores here instead of a temporary directory")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.tokens = args.tokens or (2_000_000 if args.quick else 30_000_000)
+    args.tokens = args.tokens or (2_000_000 if args.quick else 120_000_000)
     if args.chunk_size is None and args.quick:
         args.chunk_size = QUICK_CHUNK
     args.rounds = args.rounds or (3 if args.quick else 7)

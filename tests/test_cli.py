@@ -258,8 +258,9 @@ def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_cli(["demo", "--output", out, "--docs", "300"]) == 0
     text = capsys.readouterr().out
-    checks = [line for line in text.splitlines() if line.startswith(("labels are inputs shifted", "stored tokens of the first"))]
-    assert len(checks) == 2, text
+    checks = [line for line in text.splitlines()
+              if line.startswith(("labels are inputs shifted", "stored tokens of the first", "training loader"))]
+    assert len(checks) == 3, text
     assert all(line.rstrip().endswith("True") for line in checks), checks
     # the demo store holds its generated docs tokenized with its tokenizer
     from transformers import AutoTokenizer

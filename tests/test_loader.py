@@ -4,7 +4,6 @@ document outputs against brute force, window options, mixtures, torch.distribute
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 
 import numpy as np

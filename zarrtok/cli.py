@@ -127,9 +127,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"train windows (seq_len 128): {summary['train_windows']:,}   validation windows: {summary['validation_windows']:,}")
     print(f"labels are inputs shifted by one: {summary['labels_shifted']}")
     print(f"stored tokens of the first document == tokenizer(doc) + [eos]: {summary['first_document_matches_tokenizer']}")
+    print(f"training loader: {summary['loader_batches_per_epoch']:,} shuffled batches/epoch; stopped halfway, "
+          f"saved state, resumed in a new loader == one uninterrupted epoch: {summary['loader_resume_exact']}")
     print(f"--- decoded train window {summary['sample_index']} ---")
     print(summary["sample_text"])
-    ok = summary["labels_shifted"] and summary["first_document_matches_tokenizer"]
+    ok = summary["labels_shifted"] and summary["first_document_matches_tokenizer"] and summary["loader_resume_exact"]
     return 0 if ok else 1
 
 

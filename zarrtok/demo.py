@@ -119,7 +119,10 @@ def run_demo(output: str, *, num_docs: int = 5000, seed: int = 0, num_workers: i
     stored = provider.store.tokens("train")[int(offsets[first]) : int(offsets[first + 1])].tolist()
     eos = [tokenizer.eos_token_id]
     expected = {tuple(tokenizer(d)["input_ids"] + eos) for d in docs[:100] if d}
+    resume = _resume_check(provider.store)
     return {
+        "loader_batches_per_epoch": resume["batches"],
+        "loader_resume_exact": resume["exact"],
         "store": provider.store.info(),
         "train_windows": len(train),
         "validation_windows": len(val),
@@ -129,3 +132,23 @@ def run_demo(output: str, *, num_docs: int = 5000, seed: int = 0, num_workers: i
         "first_document_tokens": len(stored),
         "first_document_matches_tokenizer": tuple(stored) in expected,
     }
+
+
+def _resume_check(store) -> dict[str, Any]:
+    """The training loader: one epoch in two halves (state saved, a new loader resumed) equals one
+    uninterrupted epoch, window for window."""
+    import numpy as np
+
+    def loader():
+        return store.dataloader("train", 128, 8, seed=1, return_index=True, document_outputs=True)
+
+    full = [b["index"] for b in loader()]
+    first = loader()
+    it = iter(first)
+    head = [next(it)["index"] for _ in range(len(full) // 2)]
+    state = first.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    tail = [b["index"] for b in resumed]
+    exact = len(head) + len(tail) == len(full) and all(np.array_equal(a, b) for a, b in zip(head + tail, full))
+    return {"batches": len(full), "exact": exact}

@@ -83,7 +83,15 @@ def _shuffle_mode(dataset: Any, shuffle: bool | str) -> str:
 
 
 def is_remote(dataset: Any) -> bool:
-    """Whether a dataset reads through remote readers (read-ahead applies)."""
+    """Whether a dataset reads anything other than memory-mapped local chunk files (or memory)."""
+    from .chunks import LocalShardReader
+
+    sources = getattr(dataset, "datasets", None) or [dataset]
+    readers = [r for d in sources for r in getattr(getattr(d, "tokens", None), "readers", [])]
+    return any(not isinstance(r, LocalShardReader) for r in readers)
+
+
+def _reads_ahead(dataset: Any) -> bool:
     sources = getattr(dataset, "datasets", None) or [dataset]
     return any(int(getattr(getattr(d, "tokens", None), "readahead", 0) or 0) > 0 for d in sources)
 
@@ -130,7 +138,7 @@ class TokenLoader:
         self.order = window_order(dataset, shuffle=self.shuffle, seed=self.seed, block_chunks=block_chunks)
         self.sampler = GlobalBatchSampler(self.order, batch_size=batch_size, rank=rank, world_size=world_size,
                                           remainder=remainder, epoch=epoch)
-        self.read_ahead = bool(read_ahead) and is_remote(dataset)
+        self.read_ahead = bool(read_ahead) and _reads_ahead(dataset)
         if self.read_ahead:
             dataset.set_read_ahead(self.sampler)
         self._warm_start = self.read_ahead and (num_workers == 0 or _has_shared_disk_cache(dataset))

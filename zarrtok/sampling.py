@@ -189,7 +189,8 @@ class WindowOrder:
         if shuffle == "chunk":
             chunk_of = getattr(dataset.tokens, "chunk_of", None)
             windows = np.arange(n, dtype=np.int64)
-            chunk_ids = chunk_of(windows * dataset.seq_len) if chunk_of is not None else np.zeros(n, dtype=np.int64)
+            stride = getattr(getattr(dataset, "layout", None), "stride", dataset.seq_len)  # window w starts at w * stride
+            chunk_ids = chunk_of(windows * stride) if chunk_of is not None else np.zeros(n, dtype=np.int64)
         return cls(n, shuffle=shuffle, seed=seed, block_chunks=block_chunks, chunk_ids=chunk_ids)
 
     def __len__(self) -> int:
@@ -552,7 +553,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         """This rank's next ``count`` samples after global step ``step`` of ``epoch``, continuing into
         epoch ``epoch + 1`` (from its start) at the end: what read-ahead should fetch next."""
         out: list[np.ndarray] = []
-        have, g = 0, self.global_batch_size
+        have = 0
         for e, s in ((epoch, step + 1), (epoch + 1, 0)):
             phase = self._phase(e)
             steps = self._steps(phase)
