@@ -66,7 +66,33 @@ def collate_windows(batch: Sequence[Any]) -> Any:
     return default_collate(batch)
 
 
-class TokenDataset(Dataset):
+class PlanReadAhead:
+    """Read-ahead from a batch sampler's plan (shared by :class:`TokenDataset` and the mixture).
+
+    Needs ``_plan`` (with ``upcoming(epoch, step, count)`` and ``batch_size``), ``_plan_next``,
+    ``_lookahead`` (windows) and ``prefetch_windows(windows)``. Every ``lookahead / 4`` windows'
+    worth of steps it prefetches the next ``lookahead`` windows; a new epoch re-triggers it.
+    """
+
+    _plan: Any
+    _plan_next: tuple[int, int]
+    _lookahead: int
+
+    def prefetch_windows(self, windows: Any) -> None:
+        raise NotImplementedError
+
+    def _plan_prefetch(self, epoch: int, step: int) -> None:
+        if not self._lookahead:
+            return
+        due_epoch, due_step = self._plan_next
+        if epoch == due_epoch and due_step - self._lookahead <= step < due_step:
+            return
+        batch = max(1, getattr(self._plan, "batch_size", 1))
+        self.prefetch_windows(self._plan.upcoming(epoch, step, self._lookahead))
+        self._plan_next = (epoch, step + max(1, self._lookahead // (4 * batch)))
+
+
+class TokenDataset(PlanReadAhead, Dataset):
     """Windows of ``seq_len`` tokens over one split (a map-style ``torch`` dataset).
 
     ``tokens`` is any token source with ``len()``, ``dtype``, ``read(a, b)`` and ``read_into(a, b,
@@ -302,16 +328,6 @@ class TokenDataset(Dataset):
         _, first = np.unique(chunks, return_index=True)
         # every distinct chunk, in order of first use (cached or in-flight ones are no-ops)
         self.tokens.prefetch_chunks(chunks[np.sort(first)][: 4 * max(1, self.tokens.readahead) + 8])
-
-    def _plan_prefetch(self, epoch: int, step: int) -> None:
-        if not self._lookahead:
-            return
-        due_epoch, due_step = self._plan_next
-        if epoch == due_epoch and due_step - self._lookahead <= step < due_step:
-            return
-        batch = max(1, getattr(self._plan, "batch_size", 1))
-        self.prefetch_windows(self._plan.upcoming(epoch, step, self._lookahead))
-        self._plan_next = (epoch, step + max(1, self._lookahead // (4 * batch)))
 
     def _prefetch_after(self, index: int) -> None:
         if not self._lookahead:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .dataset import TokenDataset, WindowBatch
+from .dataset import PlanReadAhead, TokenDataset, WindowBatch
 from .sampling import MixtureOrder, WindowOrder
 
 
-class MixtureDataset(Dataset):
+class MixtureDataset(PlanReadAhead, Dataset):
     """A weighted mixture of :class:`~zarrtok.dataset.TokenDataset` s with the same ``seq_len``.
 
     ``weights`` are relative (e.g. ``[0.7, 0.3]``); ``samples_per_epoch`` defaults to the total
@@ -126,13 +126,3 @@ class MixtureDataset(Dataset):
         source, window = self.locate(ids)
         for s in np.unique(source):
             self.datasets[int(s)].prefetch_windows(window[source == s])
-
-    def _plan_prefetch(self, epoch: int, step: int) -> None:
-        if not self._lookahead:
-            return
-        due_epoch, due_step = self._plan_next
-        if epoch == due_epoch and due_step - self._lookahead <= step < due_step:
-            return
-        batch = max(1, getattr(self._plan, "batch_size", 1))
-        self.prefetch_windows(self._plan.upcoming(epoch, step, self._lookahead))
-        self._plan_next = (epoch, step + max(1, self._lookahead // (4 * batch)))
