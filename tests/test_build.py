@@ -185,7 +185,10 @@ def test_rebuild_reuses_store_without_encoding(tmp_path, jsonl_path, tokenizer_d
     def boom(self, texts):
         raise AssertionError("re-encoded although the fingerprint matched")
 
+    from zarrtok.fast_encoding import TiktokenDocumentEncoder
+
     monkeypatch.setattr(DocumentEncoder, "encode", boom)
+    monkeypatch.setattr(TiktokenDocumentEncoder, "encode", boom)
     again = zarrtok.build("json", data_files=jsonl_path, tokenizer_name=tokenizer_dir, output=out, progress=False)
     assert again.fingerprint == first.fingerprint
     assert os.stat(out / "zarr.json").st_mtime_ns == mtime
@@ -349,7 +352,8 @@ def test_crash_mid_build_leaves_nothing(tmp_path, tokenizer, docs, monkeypatch):
     monkeypatch.setattr(DocumentEncoder, "encode", flaky)
     ds = datasets.Dataset.from_dict({"text": docs})
     with pytest.raises(RuntimeError, match="simulated crash"):
-        zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", batch_size=50, chunk_size=100, progress=False)
+        zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", batch_size=50, chunk_size=100, progress=False,
+                      encoder="hf")  # the encoder whose encode() is made to crash
     assert _no_store_left(tmp_path)
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import zarrtok.fast_encoding
 import zarrtok.tokenization
 from zarrtok import FastHfDatasetProvider
 from zarrtok.dataset import collate_windows
@@ -216,6 +217,7 @@ def test_notebook_second_from_hub_reuses_store(notebook, tokenizer_dir, monkeypa
         raise AssertionError("the store was re-encoded although its fingerprint matches")
 
     monkeypatch.setattr(zarrtok.tokenization.DocumentEncoder, "encode", boom)
+    monkeypatch.setattr(zarrtok.fast_encoding.TiktokenDocumentEncoder, "encode", boom)
     monkeypatch.chdir(notebook.workdir)
     manifest = os.path.join(notebook.store_path, "zarr.json")
     before = os.stat(manifest).st_mtime_ns

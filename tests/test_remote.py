@@ -250,7 +250,7 @@ def test_failed_remote_build_is_never_opened(s3, bucket, jsonl_path, tokenizer_d
     monkeypatch.setattr(DocumentEncoder, "encode", flaky_encode)
     with pytest.raises(RuntimeError, match="3rd batch"):
         zarrtok.build("json", data_files=jsonl_path, tokenizer_name=tokenizer_dir, output=url,
-                      storage_options=options, **{**BUILD_KW, "validation_split": 0.0})
+                      storage_options=options, encoder="hf", **{**BUILD_KW, "validation_split": 0.0})
     assert calls["n"] == 3
     assert midway["status"] == "building"
     assert isinstance(midway.get("open"), IncompleteStoreError), "open accepted a store that was still building"

@@ -92,6 +92,7 @@ def build(
     progress: bool = True,
     start_method: str | None = None,
     load_dataset_kwargs: dict[str, Any] | None = None,
+    encoder: str = "auto",
 ) -> TokenStore:
     """Tokenize a dataset into a zarrtok store at ``output`` and return it opened.
 
@@ -115,6 +116,10 @@ def build(
         batch_size: documents per tokenization task.
         progress: show tqdm progress bars.
         start_method: multiprocessing start method for workers (default ``fork`` on Linux).
+        encoder: ``"auto"`` (the tiktoken fast path when :mod:`zarrtok.fast_encoding` proves it
+            gives the tokenizer's ids — shape check plus a verification on the corpus — else
+            Hugging Face ``tokenizers``), ``"hf"`` (always Hugging Face) or ``"tiktoken"`` (an
+            error when the fast path cannot be used). The manifest records which one ran.
     """
     location = as_location(output, storage_options)
     if overwrite not in (False, True, "changed"):
@@ -127,6 +132,8 @@ def build(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if dataset_name is None:
         raise ValueError("dataset_name is required: a load_dataset name/path or a datasets.Dataset/DatasetDict")
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
 
     tok = load_tokenizer(tokenizer, tokenizer_name)
     eos_id = tok.eos_token_id
@@ -207,14 +214,15 @@ def build(
         splits={},
         tokenizer=tokenizer_summary(tok),
         config=config,
-        encoder=f"{ENCODER_NAME}=={_tokenizers_version()}",
+        encoder="",
         eos_token_id=eos_id if use_eos_token else None,
         zarrtok_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    encoder = DocumentEncoder(
-        backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
+    encoder, manifest.encoder = _choose_encoder(
+        encoder, backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
         add_special_tokens=add_special_tokens, dtype=dtype.name,
+        sample=_sample_texts(split_datasets, text_columns, column_separator),
     )
     staging = staging_location(location)
     logger.info("building %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
@@ -235,6 +243,49 @@ def build(
     store = TokenStore(location, read_manifest(location))
     logger.info("built %r", store)
     return store
+
+
+ENCODERS = ("auto", "hf", "tiktoken")
+VERIFY_DOCUMENTS = 1000  # documents per split the fast path is checked on before a build uses it
+
+
+def _sample_texts(split_datasets: dict[str, Any], columns: list[str], separator: str) -> list[str]:
+    """The first documents of every split: what the fast path must reproduce before it is used."""
+    texts: list[str] = []
+    for ds in split_datasets.values():
+        texts += document_texts(ds[: min(len(ds), VERIFY_DOCUMENTS)], columns, separator)
+    return texts
+
+
+def _choose_encoder(choice: str, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool,
+                    dtype: str, sample: list[str]) -> tuple[Any, str]:
+    """The document encoder for a build and the name the manifest records (see ``build(encoder=)``)."""
+    hf = DocumentEncoder(tokenizer_json, eos_token_id=eos_token_id, add_special_tokens=add_special_tokens,
+                         dtype=dtype)
+    hf_name = f"{ENCODER_NAME}=={_tokenizers_version()}"
+    if choice == "hf":
+        return hf, hf_name
+    from . import fast_encoding
+
+    spec, reason = fast_encoding.tiktoken_compatibility(tokenizer_json, add_special_tokens=add_special_tokens)
+    if spec is None:
+        if choice == "tiktoken":
+            raise ValueError(f"encoder='tiktoken': the fast path cannot reproduce this tokenizer: {reason}")
+        logger.info("tokenizing with Hugging Face tokenizers (no tiktoken fast path: %s)", reason)
+        return hf, hf_name
+    fast = fast_encoding.TiktokenDocumentEncoder(tokenizer_json, eos_token_id=eos_token_id,
+                                                 add_special_tokens=add_special_tokens, dtype=dtype)
+    ok, difference = fast_encoding.verify(fast, hf, sample)
+    if not ok:
+        if choice == "tiktoken":
+            raise ValueError(f"encoder='tiktoken': the fast path differs from the tokenizer on this corpus: {difference}")
+        logger.warning("tiktoken fast path not used: it differs from the tokenizer on this corpus (%s)", difference)
+        return hf, hf_name
+    import tiktoken
+
+    n = sum(1 for t in sample if t) + len(fast_encoding.PROBES)
+    logger.info("tokenizing with the tiktoken fast path (identical ids on %d verification texts)", n)
+    return fast, f"tiktoken=={tiktoken.__version__} (verified against {hf_name} on {n} texts)"
 
 
 def _tokenizers_version() -> str:

@@ -64,6 +64,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         storage_options=_storage_options(args),
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        encoder=args.encoder,
     )
     _print_info(store.info(), as_json=args.json)
     return 0
@@ -166,6 +167,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing store")
     b.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--encoder", choices=["auto", "hf", "tiktoken"], default="auto",
+                   help="auto: the verified tiktoken fast path when it reproduces the tokenizer, else HF")
     b.add_argument("--json", action="store_true", help="print the store info as JSON")
     _add_storage_args(b)
     b.set_defaults(func=_cmd_build)
