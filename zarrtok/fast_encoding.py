@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
-from itertools import chain
 from typing import Any, Iterable
 
-import numpy as np
+from .tokenization import DocumentEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -136,28 +135,23 @@ def make_encoding(spec: dict[str, Any]):
                              special_tokens=spec["special"])
 
 
-class TiktokenDocumentEncoder:
-    """:class:`~zarrtok.tokenization.DocumentEncoder` with tiktoken doing the BPE (same interface).
+class TiktokenDocumentEncoder(DocumentEncoder):
+    """:class:`~zarrtok.tokenization.DocumentEncoder` with tiktoken doing the BPE (same output).
 
     Picklable by value (carries the tokenizer JSON; the encoding is rebuilt lazily per process).
     """
-
-    name = "tiktoken"
 
     def __init__(self, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool, dtype: str,
                  num_threads: int = 1):
         spec, reason = tiktoken_compatibility(tokenizer_json, add_special_tokens=add_special_tokens)
         if spec is None:
             raise ValueError(f"the tiktoken fast path cannot reproduce this tokenizer: {reason}")
-        self.tokenizer_json = tokenizer_json
-        self.eos_token_id = eos_token_id
-        self.add_special_tokens = add_special_tokens
-        self.dtype = np.dtype(dtype)
+        super().__init__(tokenizer_json, eos_token_id=eos_token_id, add_special_tokens=add_special_tokens, dtype=dtype)
         self.num_threads = max(1, int(num_threads))
         self._encoding = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_encoding"] = None
         return state
 
@@ -175,31 +169,13 @@ class TiktokenDocumentEncoder:
             return enc.encode_batch(texts, num_threads=self.num_threads, allowed_special="all")
         return [enc.encode(t, allowed_special="all") for t in texts]
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(tokens, lengths)`` exactly as :meth:`DocumentEncoder.encode` returns them."""
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        nonempty = [i for i, t in enumerate(texts) if t]
-        if not nonempty:
-            return np.zeros(0, dtype=self.dtype), lengths
-        id_lists = self.encode_ids([texts[i] for i in nonempty])
-        if self.eos_token_id is not None:
-            for ids in id_lists:
-                ids.append(self.eos_token_id)
-        counts = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
-        lengths[nonempty] = counts
-        total = int(counts.sum())
-        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
-        if total and int(flat.max()) > np.iinfo(self.dtype).max:
-            raise OverflowError(f"token id {int(flat.max())} does not fit the store dtype {self.dtype}")
-        return flat.astype(self.dtype), lengths
-
 
 def verify(fast: TiktokenDocumentEncoder, reference: Any, texts: Iterable[str]) -> tuple[bool, str]:
     """Encode ``texts`` (plus :data:`PROBES`) with both encoders; ``(True, "")`` when every id matches,
     else ``(False, description of the first difference)``."""
     sample = [t for t in list(texts) + PROBES if t]
     got = fast.encode_ids(sample)
-    want = [e.ids for e in reference.backend.encode_batch_fast(sample, add_special_tokens=reference.add_special_tokens)]
+    want = DocumentEncoder.encode_ids(reference, sample)
     for i, (a, b) in enumerate(zip(got, want)):
         if a != b:
             j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))

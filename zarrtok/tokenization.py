@@ -147,6 +147,10 @@ class DocumentEncoder:
         state["_backend"] = None
         return state
 
+    def encode_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, as ``tokenizer(text)["input_ids"]`` gives them."""
+        return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=self.add_special_tokens)]
+
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(tokens, lengths)``: tokens of all documents in order (EOS after each non-empty
         one when enabled) and each document's token count. Empty documents contribute nothing."""
@@ -154,10 +158,7 @@ class DocumentEncoder:
         nonempty = [i for i, t in enumerate(texts) if t]
         if not nonempty:
             return np.zeros(0, dtype=self.dtype), lengths
-        encodings = self.backend.encode_batch_fast(
-            [texts[i] for i in nonempty], add_special_tokens=self.add_special_tokens
-        )
-        id_lists = [e.ids for e in encodings]
+        id_lists = self.encode_ids([texts[i] for i in nonempty])
         eos = self.eos_token_id
         if eos is not None:
             for ids in id_lists:
