@@ -138,7 +138,18 @@ def chunk_local_order(chunk_ids: np.ndarray, *, seed: int, epoch: int, block_chu
     return windows[np.lexsort((rng.random(n), block))]
 
 
-class WindowOrder:
+class _CachedOrder:
+    """Base of the epoch orders: the last two epochs' arrays are cached, never pickled."""
+
+    _cache: tuple[tuple[int, np.ndarray], ...] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+
+class WindowOrder(_CachedOrder):
     """The per-epoch order of the ``n`` windows of one split.
 
     ``shuffle`` is ``"none"`` (:func:`sequential_order`), ``"global"`` (:func:`global_order`) or
@@ -213,11 +224,6 @@ class WindowOrder:
         self._cache = _remember(self._cache, epoch, out)
         return out
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.chunk_ids is not None:
@@ -249,7 +255,7 @@ def apportion(total: int, weights: Sequence[float]) -> np.ndarray:
     return np.asarray(counts, dtype=np.int64)
 
 
-class MixtureOrder:
+class MixtureOrder(_CachedOrder):
     """A weighted mixture of several sources, with the same ``order(epoch)`` / ``len()`` interface.
 
     Sample ids are global: source ``i``'s window ``w`` is ``offsets[i] + w`` (``offsets[0] = 0``,
@@ -354,11 +360,6 @@ class MixtureOrder:
         out = _readonly(out)
         self._cache = _remember(self._cache, epoch, out)
         return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
 
     def __repr__(self) -> str:
         return (
