@@ -30,7 +30,6 @@ import functools
 import logging
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
@@ -234,9 +233,3 @@ class TokenLoader:
                 f"{self.world_size}, shuffle={self.shuffle!r}, seed={self.seed}, epoch={self.epoch}, "
                 f"consumed={self.consumed}, workers={self.num_workers})")
 
-
-def windows_consumed(loader: TokenLoader) -> np.ndarray:
-    """The window indices (global ids for mixtures) consumed so far this epoch over all ranks, in
-    order (an audit helper recomputed from the state; nothing is recorded)."""
-    s = loader.sampler
-    return np.asarray(s.order.order(s.epoch))[: s.consumed].copy()
