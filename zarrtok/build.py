@@ -267,14 +267,14 @@ def _choose_encoder(choice: str, tokenizer_json: str, *, eos_token_id: int | Non
         return hf, hf_name
     from . import fast_encoding
 
-    spec, reason = fast_encoding.tiktoken_compatibility(tokenizer_json, add_special_tokens=add_special_tokens)
-    if spec is None:
+    try:  # the constructor runs the shape check
+        fast = fast_encoding.TiktokenDocumentEncoder(tokenizer_json, eos_token_id=eos_token_id,
+                                                     add_special_tokens=add_special_tokens, dtype=dtype)
+    except ValueError as exc:
         if choice == "tiktoken":
-            raise ValueError(f"encoder='tiktoken': the fast path cannot reproduce this tokenizer: {reason}")
-        logger.info("tokenizing with Hugging Face tokenizers (no tiktoken fast path: %s)", reason)
+            raise ValueError(f"encoder='tiktoken': {exc}") from None
+        logger.info("tokenizing with Hugging Face tokenizers (%s)", exc)
         return hf, hf_name
-    fast = fast_encoding.TiktokenDocumentEncoder(tokenizer_json, eos_token_id=eos_token_id,
-                                                 add_special_tokens=add_special_tokens, dtype=dtype)
     ok, difference = fast_encoding.verify(fast, hf, sample)
     if not ok:
         if choice == "tiktoken":

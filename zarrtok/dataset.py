@@ -46,9 +46,8 @@ class WindowBatch(list):
         self.labels = labels
         self.extras = extras or {}
         self.indices = list(indices) if indices is not None else None
-        # where the batch sits in its epoch, when the sampler said (an IndexBatch): the loader's bookkeeping
-        self.epoch = getattr(indices, "epoch", -1)
-        self.step = getattr(indices, "step", -1)
+        # where the batch sits in its epoch (set by __getitems__ from an IndexBatch): the loader's bookkeeping
+        self.epoch = self.step = -1
         if as_dict:
             per_row = {k: v for k, v in self.extras.items() if k in ("position_ids", "attention_mask")}
             super().__init__(
@@ -81,6 +80,12 @@ class PlanReadAhead:
     def prefetch_windows(self, windows: Any) -> None:
         raise NotImplementedError
 
+    def prefetch_plan(self, epoch: int, step: int) -> None:
+        """Start fetching the chunks of the next ``lookahead`` windows the plan serves after global
+        step ``step`` of ``epoch`` (``step=-1``: from the epoch's start)."""
+        if self._plan is not None and self._lookahead:
+            self.prefetch_windows(self._plan.upcoming(epoch, step, self._lookahead))
+
     def _plan_prefetch(self, epoch: int, step: int) -> None:
         if not self._lookahead:
             return
@@ -88,7 +93,7 @@ class PlanReadAhead:
         if epoch == due_epoch and due_step - self._lookahead <= step < due_step:
             return
         batch = max(1, getattr(self._plan, "batch_size", 1))
-        self.prefetch_windows(self._plan.upcoming(epoch, step, self._lookahead))
+        self.prefetch_plan(epoch, step)
         self._plan_next = (epoch, step + max(1, self._lookahead // (4 * batch)))
 
 
@@ -245,8 +250,10 @@ class TokenDataset(PlanReadAhead, Dataset):
                 self.tokens.read_into(a, N, raw[row, : N - a])
         inputs, labels = layout.assemble(idx, raw)
         extras: dict[str, Any] = {}
-        if self.doc_offsets is not None and (self.document_outputs or self.mask_document_boundaries):
+        with_docs = self.doc_offsets is not None and (self.document_outputs or self.mask_document_boundaries)
+        if with_docs or not layout.drop_last:
             input_pos, label_pos = layout.positions(idx)
+        if with_docs:
             docs = document_outputs(self.doc_offsets, input_pos, label_pos, ignore_index=layout.ignore_index,
                                     labels=labels if self.mask_document_boundaries else None)
             if self.mask_document_boundaries:
@@ -255,10 +262,11 @@ class TokenDataset(PlanReadAhead, Dataset):
                 extras["position_ids"] = torch.from_numpy(docs["position_ids"])
                 extras["cu_seqlens"] = torch.from_numpy(docs["cu_seqlens"])
                 extras["max_seqlen"] = docs["max_seqlen"]
-        if not layout.drop_last:
-            mask = np.ones(inputs.shape, dtype=np.int64)
-            mask[(starts[:, None] + np.arange(layout.seq_len) - (1 if layout.has_bos else 0)) >= N] = 0
-            extras["attention_mask"] = torch.from_numpy(mask)
+        if not layout.drop_last:  # real tokens and the BOS slot (both positions -1 only past the end / for BOS)
+            mask = input_pos >= 0
+            if layout.has_bos:
+                mask[:, 0] = True
+            extras["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
         return WindowBatch(torch.from_numpy(inputs), torch.from_numpy(labels), extras=extras, indices=idx.tolist(),
                            as_dict=self.as_dict)
 
@@ -289,23 +297,20 @@ class TokenDataset(PlanReadAhead, Dataset):
         if prefetch_now and self._lookahead and order.size:
             self._prefetch_range(0)
 
-    def set_read_ahead(self, plan: Any, *, lookahead_windows: int | None = None, prefetch_now: bool = False,
-                       epoch: int = 0, step: int = -1) -> None:
+    def set_read_ahead(self, plan: Any, *, lookahead_windows: int | None = None) -> None:
         """Read-ahead driven by the batch sampler instead of a materialised order.
 
         ``plan`` has ``upcoming(epoch, step, count)`` (e.g. a
         :class:`~zarrtok.sampling.GlobalBatchSampler`): when a batch arrives as an
         :class:`~zarrtok.sampling.IndexBatch` (it knows its epoch and step), the chunks of the next
         windows this rank will read, continuing into the next epoch, are prefetched. Works with
-        persistent DataLoader workers (nothing to update per epoch). ``prefetch_now`` fetches the
-        windows after ``(epoch, step)`` in this process at once (see :meth:`set_access_order`).
-        ``None`` turns it off. No effect on local stores.
+        persistent DataLoader workers (nothing to update per epoch). :meth:`prefetch_plan` starts
+        it by hand (e.g. in the main process before workers start). ``None`` turns it off. No
+        effect on local stores.
         """
         self._plan = plan
         self._plan_next = (-1, -1)
         self._lookahead = self._lookahead_windows(lookahead_windows) if plan is not None else 0
-        if plan is not None and prefetch_now and self._lookahead:
-            self.prefetch_windows(plan.upcoming(epoch, step, self._lookahead))
 
     def _lookahead_windows(self, requested: int | None) -> int:
         readahead = int(getattr(self.tokens, "readahead", 0) or 0)

@@ -141,33 +141,31 @@ class TiktokenDocumentEncoder(DocumentEncoder):
     Picklable by value (carries the tokenizer JSON; the encoding is rebuilt lazily per process).
     """
 
-    def __init__(self, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool, dtype: str,
-                 num_threads: int = 1):
+    def __init__(self, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool, dtype: str):
         spec, reason = tiktoken_compatibility(tokenizer_json, add_special_tokens=add_special_tokens)
         if spec is None:
             raise ValueError(f"the tiktoken fast path cannot reproduce this tokenizer: {reason}")
         super().__init__(tokenizer_json, eos_token_id=eos_token_id, add_special_tokens=add_special_tokens, dtype=dtype)
-        self.num_threads = max(1, int(num_threads))
+        self._spec: dict[str, Any] | None = spec
         self._encoding = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_encoding"] = None
+        state["_spec"] = state["_encoding"] = None  # rebuilt from the JSON in the worker
         return state
 
     @property
     def encoding(self):
         if self._encoding is None:
-            spec, _ = tiktoken_compatibility(self.tokenizer_json, add_special_tokens=self.add_special_tokens)
-            self._encoding = make_encoding(spec)
+            if self._spec is None:
+                self._spec, _ = tiktoken_compatibility(self.tokenizer_json, add_special_tokens=self.add_special_tokens)
+            self._encoding = make_encoding(self._spec)
         return self._encoding
 
     def encode_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, as ``tokenizer(text)["input_ids"]`` gives them."""
-        enc = self.encoding
-        if self.num_threads > 1 and len(texts) > 1:
-            return enc.encode_batch(texts, num_threads=self.num_threads, allowed_special="all")
-        return [enc.encode(t, allowed_special="all") for t in texts]
+        encode = self.encoding.encode
+        return [encode(t, allowed_special="all") for t in texts]
 
 
 def verify(fast: TiktokenDocumentEncoder, reference: Any, texts: Iterable[str]) -> tuple[bool, str]:

@@ -81,23 +81,28 @@ def _shuffle_mode(dataset: Any, shuffle: bool | str) -> str:
     return shuffle
 
 
+def _token_sources(dataset: Any) -> list[Any]:
+    """The token sources a dataset (or each dataset of a mixture) reads."""
+    return [getattr(d, "tokens", None) for d in getattr(dataset, "datasets", None) or [dataset]]
+
+
+def _readers(dataset: Any) -> list[Any]:
+    return [r for tokens in _token_sources(dataset) for r in getattr(tokens, "readers", [])]
+
+
 def is_remote(dataset: Any) -> bool:
     """Whether a dataset reads anything other than memory-mapped local chunk files (or memory)."""
     from .chunks import LocalShardReader
 
-    sources = getattr(dataset, "datasets", None) or [dataset]
-    readers = [r for d in sources for r in getattr(getattr(d, "tokens", None), "readers", [])]
-    return any(not isinstance(r, LocalShardReader) for r in readers)
+    return any(not isinstance(r, LocalShardReader) for r in _readers(dataset))
 
 
 def _reads_ahead(dataset: Any) -> bool:
-    sources = getattr(dataset, "datasets", None) or [dataset]
-    return any(int(getattr(getattr(d, "tokens", None), "readahead", 0) or 0) > 0 for d in sources)
+    return any(int(getattr(tokens, "readahead", 0) or 0) > 0 for tokens in _token_sources(dataset))
 
 
 def _has_shared_disk_cache(dataset: Any) -> bool:
-    sources = getattr(dataset, "datasets", None) or [dataset]
-    return any(getattr(r, "cache_dir", None) for d in sources for r in getattr(d.tokens, "readers", []))
+    return any(getattr(r, "cache_dir", None) for r in _readers(dataset))
 
 
 def window_order(dataset: Any, *, shuffle: str, seed: int, block_chunks: int):
@@ -127,10 +132,7 @@ class TokenLoader:
                  label_format: str = "shifted", read_ahead: bool = True, epoch: int = 0, **dataloader_options: Any):
         if label_format not in LABEL_FORMATS:
             raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
-        if isinstance(dataset, TokenDataset) and dataset.layout.ignore_index != -100:
-            ignore_index = dataset.layout.ignore_index
-        else:
-            ignore_index = -100
+        ignore_index = dataset.layout.ignore_index if isinstance(dataset, TokenDataset) else -100
         self.dataset = dataset
         self.shuffle = _shuffle_mode(dataset, shuffle)
         self.seed = int(seed)
@@ -215,12 +217,9 @@ class TokenLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._epoch_complete():
-            if self.sampler.consumed or self.sampler.steps_per_epoch == 0:
-                self.sampler.set_epoch(self.sampler.epoch + 1)
-        epoch = self.sampler.epoch
+            self.sampler.set_epoch(self.sampler.epoch + 1)
         if self._warm_start:  # overlap the first chunks' download with worker start-up
-            first = self.sampler.consumed // self.sampler.global_batch_size
-            self.dataset.prefetch_windows(self.sampler.upcoming(epoch, first - 1, self.dataset._lookahead or 1))
+            self.dataset.prefetch_plan(self.sampler.epoch, self.sampler.consumed // self.sampler.global_batch_size - 1)
         for batch_epoch, step, batch in self._loader:
             self.sampler.consumed = self.sampler.consumed_after(step, batch_epoch)
             yield batch

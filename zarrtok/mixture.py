@@ -111,15 +111,11 @@ class MixtureDataset(PlanReadAhead, Dataset):
         return batch
 
     # -- read-ahead (see TokenDataset.set_read_ahead) ---------------------------------------------
-    def set_read_ahead(self, plan: Any, *, lookahead_windows: int | None = None, **_: Any) -> None:
+    def set_read_ahead(self, plan: Any, *, lookahead_windows: int | None = None) -> None:
         """Prefetch the sources' chunks of the windows the batch sampler ``plan`` serves next."""
         self._plan = plan
         self._plan_next = (-1, -1)
-        if plan is None:
-            self._lookahead = 0
-            return
-        looks = [d._lookahead_windows(lookahead_windows) for d in self.datasets]
-        self._lookahead = max(looks) if any(looks) else 0
+        self._lookahead = max(d._lookahead_windows(lookahead_windows) for d in self.datasets) if plan is not None else 0
 
     def prefetch_windows(self, ids: Any) -> None:
         """Start fetching the chunks of these global ids (per source, in order of first use)."""

@@ -236,8 +236,7 @@ class RemoteShardReader(ChunkedShardReader):
         return fs, f"{base}/{self.spec.raw.chunk_key(k)}"
 
     def _cache(self) -> ChunkCache:
-        if self._pid != os.getpid():
-            self._reset_process_state()
+        self._check_process()
         return self._chunk_cache
 
     def _key(self, k: int) -> tuple[str, int]:
@@ -251,14 +250,13 @@ class RemoteShardReader(ChunkedShardReader):
         layout = self.spec.raw
         trailer = layout.trailer_bytes
         used = layout.used_items(k) * self.dtype.itemsize
+        end = used + trailer  # bytes to read
         try:
             if used == self._chunk_bytes or not trailer:
                 # One ranged GET (s3fs sends HEAD + GET for an unranged read).
-                end = used + trailer
                 raw = fs.cat_file(path, start=0, end=end)
                 crc = None
             else:  # a padded last chunk: the used prefix and the checksum, never the padding
-                end = used + trailer
                 raw, crc = fs.cat_ranges([path, path], [0, self._chunk_bytes], [used, self._chunk_bytes + trailer])
                 for part in (raw, crc):
                     if isinstance(part, Exception):
@@ -278,11 +276,8 @@ class RemoteShardReader(ChunkedShardReader):
                 _verify_crc32c_parts(raw, pad.tobytes(), crc, path)
         return memoryview(raw)[:used]  # a view: no copy of the chunk
 
-    def _used_tokens(self, k: int) -> int:
-        return self.spec.raw.used_items(k)
-
     def _load(self, k: int) -> np.ndarray:
-        count = self._used_tokens(k)
+        count = self.spec.raw.used_items(k)
         if self._disk is not None:
             arr, _ = self._disk.get_or_fetch(self._namespace, self.spec.raw.chunk_key(k),
                                              count * self.dtype.itemsize, self.dtype, count,
@@ -343,28 +338,18 @@ class RemoteShardReader(ChunkedShardReader):
             self._recent.popitem(last=False)
         return True
 
-    def _pieces(self, a: int, b: int) -> list[tuple[int, int, int]]:
-        c = self.chunk_size
-        out, pos = [], a
-        while pos < b:
-            k = pos // c
-            end = min(b, (k + 1) * c)
-            out.append((k, pos, end))
-            pos = end
-        return out
-
     def read_into(self, a: int, b: int, out: np.ndarray) -> None:
         """Copy tokens ``[a, b)`` into ``out``."""
         self.read_batch_into([a], b - a, out[None, :] if out.ndim == 1 else out)
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens ``[a, b)`` of this shard."""
-        pieces = self._pieces(a, b)
+        c = self.chunk_size
+        k = a // c
         out = np.empty((1, b - a), dtype=self.dtype)
-        if len(pieces) == 1:  # decide range-vs-chunk exactly once per piece
-            k = pieces[0][0]
+        if a < b <= (k + 1) * c:  # inside one chunk: decide range-vs-chunk exactly once
             if not self._use_range(k):
-                return self._chunk(k)[a - k * self.chunk_size : b - k * self.chunk_size]
+                return self._chunk(k)[a - k * c : b - k * c]
             self._fetch_ranges([(0, k, a, b)], [a], out)
             return out[0]
         self.read_batch_into([a], b - a, out)
