@@ -38,7 +38,8 @@ from .format import (
     shard_path,
 )
 from .location import Location, as_location, commit_staging, staging_location
-from .sources import apply_split_rules, document_texts, load_source, resolve_columns, source_identity
+from .jsonl import JsonLinesDocuments, plan_json_lines
+from .sources import DatasetDocuments, apply_split_rules, load_source, resolve_columns, source_identity
 from .store import TokenStore, read_manifest
 from .tokenization import (
     DocumentEncoder,
@@ -113,7 +114,8 @@ def build(
         checksum: ``"crc32c"`` (per-chunk checksum after the raw bytes) or ``None``.
         overwrite: ``False``: reuse a store with the same fingerprint, refuse a different one;
             ``True``: always rebuild; ``"changed"``: rebuild only when the fingerprint differs.
-        batch_size: documents per tokenization task.
+        batch_size: documents per tokenization task (local JSON Lines files read directly, see
+            :mod:`zarrtok.jsonl`: at most this many and at most 4 MiB of lines).
         progress: show tqdm progress bars.
         start_method: multiprocessing start method for workers (default ``fork`` on Linux).
         encoder: ``"auto"`` (the tiktoken fast path when :mod:`zarrtok.fast_encoding` proves it
@@ -150,27 +152,47 @@ def build(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _compressors(checksum)  # validates the name
 
-    source = load_source(
-        dataset_name,
-        dataset_config_name=dataset_config_name,
-        data_dir=data_dir,
-        data_files=data_files,
-        revision=revision,
-        load_dataset_kwargs=load_dataset_kwargs,
+    wanted_columns = columns if columns is not None else mapping_column_name
+    jsonl_files = plan_json_lines(
+        dataset_name, data_files=data_files, columns=wanted_columns, dataset_config_name=dataset_config_name,
+        data_dir=data_dir, revision=revision, load_dataset_kwargs=load_dataset_kwargs, shuffle=shuffle,
     )
-    split_datasets = apply_split_rules(
-        source, validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle, splits=splits
-    )
-    for name in split_datasets:
+    if jsonl_files is not None:
+        text_columns = (["text"] if wanted_columns is None
+                        else [wanted_columns] if isinstance(wanted_columns, str) else list(wanted_columns))
+        if not text_columns:
+            raise ValueError("columns must name at least one text column")
+        documents: Any = JsonLinesDocuments.open(
+            jsonl_files, columns=text_columns, separator=column_separator, validation_split=validation_split,
+            test_split=test_split, seed=seed, splits=splits, batch_size=int(batch_size),
+        )
+        identity = documents.identity(data_files)
+        logger.info("reading %d JSON Lines file(s) directly (no Arrow cache)",
+                    sum(len(v) for v in jsonl_files.values()))
+    else:
+        source = load_source(
+            dataset_name,
+            dataset_config_name=dataset_config_name,
+            data_dir=data_dir,
+            data_files=data_files,
+            revision=revision,
+            load_dataset_kwargs=load_dataset_kwargs,
+        )
+        split_datasets = apply_split_rules(
+            source, validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle,
+            splits=splits,
+        )
+        text_columns = resolve_columns(split_datasets, wanted_columns)
+        identity = source_identity(
+            dataset_name, split_datasets, dataset_config_name=dataset_config_name, data_dir=data_dir,
+            data_files=data_files, revision=revision,
+        )
+        documents = DatasetDocuments(split_datasets, text_columns, column_separator)
+    for name in documents.splits:
         check_node_name(name, "split")
-    text_columns = resolve_columns(split_datasets, columns if columns is not None else mapping_column_name)
-    if sum(len(ds) for ds in split_datasets.values()) == 0:
+    if sum(documents.num_documents(name) for name in documents.splits) == 0:
         raise ValueError("the dataset is empty: no documents in any split")
 
-    identity = source_identity(
-        dataset_name, split_datasets, dataset_config_name=dataset_config_name, data_dir=data_dir,
-        data_files=data_files, revision=revision,
-    )
     token_rules = {
         "columns": text_columns,
         "column_separator": column_separator,
@@ -181,7 +203,7 @@ def build(
         "test_split": float(test_split or 0.0),
         "seed": int(seed),
         "shuffle": bool(shuffle),
-        "splits": list(split_datasets),
+        "splits": documents.splits,
     }
     fingerprint = compute_fingerprint(
         {"format_version": FORMAT_VERSION, "source": identity, "tokenizer_sha256": tokenizer_digest(tok),
@@ -222,13 +244,13 @@ def build(
     encoder, manifest.encoder = _choose_encoder(
         encoder, backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
         add_special_tokens=add_special_tokens, dtype=dtype.name,
-        sample=_sample_texts(split_datasets, text_columns, column_separator),
+        sample=[t for name in documents.splits for t in documents.head(name, VERIFY_DOCUMENTS)],
     )
     staging = staging_location(location)
     logger.info("building %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
     try:
         _write_store(
-            staging, manifest, tok, split_datasets, text_columns, column_separator, encoder,
+            staging, manifest, tok, documents, encoder,
             num_workers=int(num_workers), batch_size=int(batch_size), shard_size=shard_size,
             progress=progress, start_method=start_method,
         )
@@ -247,14 +269,6 @@ def build(
 
 ENCODERS = ("auto", "hf", "tiktoken")
 VERIFY_DOCUMENTS = 1000  # documents per split the fast path is checked on before a build uses it
-
-
-def _sample_texts(split_datasets: dict[str, Any], columns: list[str], separator: str) -> list[str]:
-    """The first documents of every split: what the fast path must reproduce before it is used."""
-    texts: list[str] = []
-    for ds in split_datasets.values():
-        texts += document_texts(ds[: min(len(ds), VERIFY_DOCUMENTS)], columns, separator)
-    return texts
 
 
 def _choose_encoder(choice: str, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool,
@@ -325,9 +339,7 @@ def _write_store(
     staging: Location,
     manifest: Manifest,
     tok: Any,
-    split_datasets: dict[str, Any],
-    columns: list[str],
-    separator: str,
+    documents: Any,
     encoder: DocumentEncoder,
     *,
     num_workers: int,
@@ -336,10 +348,9 @@ def _write_store(
     progress: bool,
     start_method: str | None,
 ) -> None:
-    prepared = {name: ds.select_columns(columns) for name, ds in split_datasets.items()}
     total_tokens = 0
     # Start worker processes before any Zarr I/O (no background threads exist yet when they fork).
-    with _EncodePool(prepared, columns, separator, encoder, num_workers, start_method) as pool:
+    with _EncodePool(documents, encoder, num_workers, start_method) as pool:
         if not staging.is_local:
             staging.remove()  # in-place remote build: clear what _reuse_or_clear allowed us to replace
         root = zarr.open_group(staging.zarr_store(read_only=False), mode="w", attributes={ATTRIBUTE_KEY: manifest.to_json()})
@@ -352,13 +363,13 @@ def _write_store(
             )
             arr[:] = np.frombuffer(data, dtype=np.uint8)
 
-        for split, ds in prepared.items():
+        for split in documents.splits:
             info = SplitInfo()
             writer, shard = None, None
-            bar = tqdm(total=len(ds), unit="doc", desc=f"tokenizing {split}", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(total=documents.num_documents(split), unit="doc", desc=f"tokenizing {split}", disable=not progress, dynamic_ncols=True)
             split_tokens = 0
             try:
-                for tokens, lengths in pool.encode(split, len(ds), batch_size):
+                for tokens, lengths in pool.encode(split, batch_size):
                     if writer is None:
                         shard = ShardInfo(shard_name(len(info.shards)), 0, 0)
                         group = root.create_group(shard_path(split, shard.name))
@@ -395,23 +406,20 @@ def _write_store(
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(prepared: dict[str, Any], columns: list[str], separator: str, encoder: DocumentEncoder) -> None:
+def _init_worker(documents: Any, encoder: DocumentEncoder) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: workers are the parallelism
-    _WORKER_STATE.update(prepared=prepared, columns=columns, separator=separator, encoder=encoder)
+    _WORKER_STATE.update(documents=documents, encoder=encoder)
 
 
-def _encode_range(task: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    split, a, b = task
-    state = _WORKER_STATE
-    batch = state["prepared"][split][a:b]
-    return state["encoder"].encode(document_texts(batch, state["columns"], state["separator"]))
+def _encode_task(task: Any) -> tuple[np.ndarray, np.ndarray]:
+    return _WORKER_STATE["encoder"].encode(_WORKER_STATE["documents"].texts(task))
 
 
 class _EncodePool:
-    """Encodes row ranges of the prepared splits, in order, in-process or on a process pool."""
+    """Encodes the tasks of a split's documents, in order, in-process or on a process pool."""
 
-    def __init__(self, prepared, columns, separator, encoder, num_workers: int, start_method: str | None):
-        self.args = (prepared, columns, separator, encoder)
+    def __init__(self, documents: Any, encoder: DocumentEncoder, num_workers: int, start_method: str | None):
+        self.documents, self.encoder = documents, encoder
         self.num_workers = num_workers
         self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
         self.pool = None
@@ -419,7 +427,7 @@ class _EncodePool:
     def __enter__(self) -> "_EncodePool":
         if self.num_workers > 1:
             ctx = multiprocessing.get_context(self.start_method)
-            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker, initargs=self.args)
+            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker, initargs=(self.documents, self.encoder))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -427,12 +435,10 @@ class _EncodePool:
             self.pool.terminate()
             self.pool.join()
 
-    def encode(self, split: str, num_rows: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        tasks = [(split, a, min(a + batch_size, num_rows)) for a in range(0, num_rows, batch_size)]
+    def encode(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        tasks = self.documents.tasks(split, batch_size)
         if self.pool is None:
-            prepared, columns, separator, encoder = self.args
-            ds = prepared[split]
-            for _, a, b in tasks:
-                yield encoder.encode(document_texts(ds[a:b], columns, separator))
+            for task in tasks:
+                yield self.encoder.encode(self.documents.texts(task))
         else:
-            yield from self.pool.imap(_encode_range, tasks, chunksize=1)
+            yield from self.pool.imap(_encode_task, tasks, chunksize=1)

@@ -65,8 +65,8 @@ def load_source(
     return loaded
 
 
-def _carve(ds: datasets.Dataset, fraction: float, seed: int, what: str) -> tuple[datasets.Dataset, datasets.Dataset]:
-    n = len(ds)
+def carve_rows(n: int, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(rest, carved)`` of a carve of ``ceil(fraction * n)`` rows, both in ascending order."""
     k = math.ceil(fraction * n)
     if k < 1 or k >= n:
         raise ValueError(
@@ -74,12 +74,16 @@ def _carve(ds: datasets.Dataset, fraction: float, seed: int, what: str) -> tuple
             f"need at least 1 and fewer than {n}"
         )
     perm = np.random.default_rng(seed).permutation(n)
-    carved = np.sort(perm[:k])
-    rest = np.sort(perm[k:])
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def _carve(ds: datasets.Dataset, fraction: float, seed: int, what: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    rest, carved = carve_rows(len(ds), fraction, seed, what)
     return ds.select(rest), ds.select(carved)
 
 
-def _check_fraction(value: float | None, what: str) -> float:
+def check_fraction(value: float | None, what: str) -> float:
+    """``value`` as a float in [0, 1) (``None`` means 0)."""
     if value is None:
         return 0.0
     value = float(value)
@@ -98,8 +102,8 @@ def apply_split_rules(
     splits: Sequence[str] | None = None,
 ) -> dict[str, datasets.Dataset]:
     """Apply the split rules in this module's docstring; return ``{split: Dataset}`` in order."""
-    validation_split = _check_fraction(validation_split, "validation_split")
-    test_split = _check_fraction(test_split, "test_split")
+    validation_split = check_fraction(validation_split, "validation_split")
+    test_split = check_fraction(test_split, "test_split")
     result: dict[str, datasets.Dataset] = dict(source.items())
     for name, fraction, what in (("validation", validation_split, "validation_split"), ("test", test_split, "test_split")):
         if fraction == 0.0:
@@ -239,3 +243,39 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
+
+
+class DatasetDocuments:
+    """Documents of ``datasets.Dataset`` splits for the build, in row ranges of ``batch_size``.
+
+    The interface the build uses (shared with :class:`zarrtok.jsonl.JsonLinesDocuments`):
+    ``splits``, ``num_documents(split)``, ``tasks(split, batch_size)``, ``texts(task)`` and
+    ``head(split, n)``. Tasks are small picklable tuples; ``texts`` runs in worker processes
+    (forked workers share the datasets' memory-mapped Arrow files).
+    """
+
+    reader = "datasets"
+
+    def __init__(self, split_datasets: dict[str, datasets.Dataset], columns: list[str], separator: str):
+        self._datasets = {name: ds.select_columns(columns) for name, ds in split_datasets.items()}
+        self.columns = columns
+        self.separator = separator
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._datasets)
+
+    def num_documents(self, split: str) -> int:
+        return len(self._datasets[split])
+
+    def tasks(self, split: str, batch_size: int) -> list[tuple[str, int, int]]:
+        n = len(self._datasets[split])
+        return [(split, a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+
+    def texts(self, task: tuple[str, int, int]) -> list[str]:
+        split, a, b = task
+        return document_texts(self._datasets[split][a:b], self.columns, self.separator)
+
+    def head(self, split: str, n: int) -> list[str]:
+        ds = self._datasets[split]
+        return document_texts(ds[: min(len(ds), n)], self.columns, self.separator)
