@@ -1,13 +1,14 @@
 """One entry point for the benchmark suites: runs each, then prints one table of targets and ratios.
 
     python -m benchmarks.run --quick      # smoke sizes, a few minutes: checks that everything runs
-    python -m benchmarks.run --full       # the sizes the results in benchmarks/README.md come from (~25 minutes)
+    python -m benchmarks.run --full       # the sizes the results in benchmarks/README.md come from (~30 minutes)
     python -m benchmarks.run --full --only remote scaling
 
 Each suite runs in its own process (``python -m benchmarks.<suite>``) and writes its JSON to
 ``benchmarks/results/<suite>.json``; this collects them into ``benchmarks/results/all.json``.
-``local_read`` compares against peer libraries and runs with ``.venv-peers/bin/python`` (created by
-``bash benchmarks/peers_env.sh``); it is skipped when that environment does not exist.
+``local_read`` and ``remote_peers`` compare against peer libraries and run with
+``.venv-peers/bin/python`` (created by ``bash benchmarks/peers_env.sh``); they are skipped when that
+environment does not exist.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ SUITES: dict[str, tuple[list[str], list[str]]] = {
     "scaling": (["--quick"], []),
     "remote": (["--quick"], []),
     "local_read": (["--quick"], []),
+    "remote_peers": (["--quick"], []),
 }
+#: suites that run with PEERS_PYTHON (they import archai / litdata)
+PEER_SUITES = ("local_read", "remote_peers")
 
 
 def run_suite(name: str, full: bool) -> tuple[int, float, str]:
-    python = PEERS_PYTHON if name == "local_read" else sys.executable
+    python = PEERS_PYTHON if name in PEER_SUITES else sys.executable
     args = SUITES[name][1 if full else 0]
     path = os.path.join(RESULTS, f"{name}.json")
     cmd = [python, "-m", f"benchmarks.{name}", *args, "--json", path]
@@ -91,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for name in names:
-        if name == "local_read" and not os.path.exists(PEERS_PYTHON):
-            print(f"\n=== skipping local_read: run `bash benchmarks/peers_env.sh` first ({PEERS_PYTHON} missing)")
+        if name in PEER_SUITES and not os.path.exists(PEERS_PYTHON):
+            print(f"\n=== skipping {name}: run `bash benchmarks/peers_env.sh` first ({PEERS_PYTHON} missing)")
             status[name] = "skipped"
             continue
         rc, seconds, path = run_suite(name, args.full)
