@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv-peers: zarrtok (test extras, pinned stack) plus the peer libraries the
-# `local_read` benchmark compares against: archai 1.0.0 (dataset path only) and litdata 0.2.76.
+# `local_read` and `build_peers` benchmarks compare against: archai 1.0.0 (dataset path only) and
+# litdata 0.2.76; and wordfreq (a real English word list for build_peers' corpus).
 # See benchmarks/PEERS.md for why each step is what it is. Idempotent: skips everything when the
 # stamp matches this script + pyproject.toml + constraints.txt.
 #
@@ -42,9 +43,14 @@ step "overrides==3.1.0 pyyaml" -c constraints.txt overrides==3.1.0 pyyaml
 # imports torchvision lazily for image serializers, so it is left out.
 step "litdata==0.2.76 (--no-deps)" --no-deps litdata==0.2.76
 step "litdata's deps" -c constraints.txt lightning-utilities filelock boto3 requests urllib3 obstore tifffile
+# wordfreq: build_peers draws its corpus from top_n_list("en", 30000); the word lists ship in the
+# wheel (no download at run time). Its dependencies pinned to what was tested.
+step "wordfreq==3.1.1" -c constraints.txt wordfreq==3.1.1 ftfy==6.3.1 langcodes==3.5.1 locate==1.1.1 \
+    msgpack==1.2.4 wcwidth==0.9.4
 # Sanity: every import the benchmark needs, and no torchvision.
 "$VENV/bin/python" - <<'PY'
-import importlib.util, torch, zarrtok, litdata
+import importlib.util, torch, zarrtok, litdata, wordfreq
+assert len(wordfreq.top_n_list("en", 30000)) == 30000
 from litdata import optimize, StreamingDataset, StreamingDataLoader, TokensLoader
 from archai.datasets.nlp.fast_hf_dataset_provider import FastHfDatasetProvider, FastHfDataset
 assert importlib.util.find_spec("torchvision") is None, "torchvision installed: it is broken with torch 2.13.0+cpu"

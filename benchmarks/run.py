@@ -1,12 +1,13 @@
 """One entry point for the benchmark suites: runs each, then prints one table of targets and ratios.
 
     python -m benchmarks.run --quick      # smoke sizes, a few minutes: checks that everything runs
-    python -m benchmarks.run --full       # the sizes the results in benchmarks/README.md come from (~30 minutes)
+    python -m benchmarks.run --full       # the sizes the results in benchmarks/README.md come from (~30 minutes
+                                          # + ~1.5 hours for build_peers: 250 MB and 1 GB corpora)
     python -m benchmarks.run --full --only remote scaling
 
 Each suite runs in its own process (``python -m benchmarks.<suite>``) and writes its JSON to
 ``benchmarks/results/<suite>.json``; this collects them into ``benchmarks/results/all.json``.
-``local_read`` and ``remote_peers`` compare against peer libraries and run with
+``local_read``, ``remote_peers`` and ``build_peers`` compare against peer libraries and run with
 ``.venv-peers/bin/python`` (created by ``bash benchmarks/peers_env.sh``); they are skipped when that
 environment does not exist.
 """
@@ -34,9 +35,10 @@ SUITES: dict[str, tuple[list[str], list[str]]] = {
     "remote": (["--quick"], []),
     "local_read": (["--quick"], []),
     "remote_peers": (["--quick"], []),
+    "build_peers": (["--quick"], ["--full"]),
 }
 #: suites that run with PEERS_PYTHON (they import archai / litdata)
-PEER_SUITES = ("local_read", "remote_peers")
+PEER_SUITES = ("local_read", "remote_peers", "build_peers")
 
 
 def run_suite(name: str, full: bool) -> tuple[int, float, str]:
