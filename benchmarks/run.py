@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --quick      # smoke sizes, a few minutes: checks that everything runs
     python -m benchmarks.run --full       # the sizes the results in benchmarks/README.md come from (~30 minutes
-                                          # + ~1.5 hours for build_peers: 250 MB and 1 GB corpora)
+                                          # + ~55 minutes for build_peers: 250 MB and 1 GB corpora)
     python -m benchmarks.run --full --only remote scaling
 
 Each suite runs in its own process (``python -m benchmarks.<suite>``) and writes its JSON to
