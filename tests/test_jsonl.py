@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_blocks_cover_the_file_and_respect_limits(tmp_path, docs):
     path = write_jsonl(docs, tmp_path / "d.jsonl")
     blocks = scan_file(path, 0, block_bytes=5000, block_rows=9)
     assert blocks[0].start == 0 and blocks[-1].end == os.path.getsize(path)
-    assert all(a.end == b.start and b.first_row == a.first_row + a.num_rows for a, b in zip(blocks, blocks[1:]))
+    assert all(a.end == b.start and b.first_row == a.first_row + a.num_rows for a, b in pairwise(blocks))
     assert all(b.num_rows <= 9 for b in blocks)
     assert all(b.end - b.start <= 5000 or b.num_rows == 1 for b in blocks)
     assert sum(b.num_rows for b in blocks) == len(docs)

@@ -152,42 +152,12 @@ def build(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _compressors(checksum)  # validates the name
 
-    wanted_columns = columns if columns is not None else mapping_column_name
-    jsonl_files = plan_json_lines(
-        dataset_name, data_files=data_files, columns=wanted_columns, dataset_config_name=dataset_config_name,
-        data_dir=data_dir, revision=revision, load_dataset_kwargs=load_dataset_kwargs, shuffle=shuffle,
+    documents, text_columns, identity = _open_documents(
+        dataset_name, columns=columns if columns is not None else mapping_column_name, separator=column_separator,
+        dataset_config_name=dataset_config_name, data_dir=data_dir, data_files=data_files, revision=revision,
+        load_dataset_kwargs=load_dataset_kwargs, validation_split=validation_split, test_split=test_split, seed=seed,
+        shuffle=shuffle, splits=splits, batch_size=int(batch_size),
     )
-    if jsonl_files is not None:
-        text_columns = (["text"] if wanted_columns is None
-                        else [wanted_columns] if isinstance(wanted_columns, str) else list(wanted_columns))
-        if not text_columns:
-            raise ValueError("columns must name at least one text column")
-        documents: Any = JsonLinesDocuments.open(
-            jsonl_files, columns=text_columns, separator=column_separator, validation_split=validation_split,
-            test_split=test_split, seed=seed, splits=splits, batch_size=int(batch_size),
-        )
-        identity = documents.identity(data_files)
-        logger.info("reading %d JSON Lines file(s) directly (no Arrow cache)",
-                    sum(len(v) for v in jsonl_files.values()))
-    else:
-        source = load_source(
-            dataset_name,
-            dataset_config_name=dataset_config_name,
-            data_dir=data_dir,
-            data_files=data_files,
-            revision=revision,
-            load_dataset_kwargs=load_dataset_kwargs,
-        )
-        split_datasets = apply_split_rules(
-            source, validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle,
-            splits=splits,
-        )
-        text_columns = resolve_columns(split_datasets, wanted_columns)
-        identity = source_identity(
-            dataset_name, split_datasets, dataset_config_name=dataset_config_name, data_dir=data_dir,
-            data_files=data_files, revision=revision,
-        )
-        documents = DatasetDocuments(split_datasets, text_columns, column_separator)
     for name in documents.splits:
         check_node_name(name, "split")
     if sum(documents.num_documents(name) for name in documents.splits) == 0:
@@ -269,6 +239,43 @@ def build(
 
 ENCODERS = ("auto", "hf", "tiktoken")
 VERIFY_DOCUMENTS = 1000  # documents per split the fast path is checked on before a build uses it
+
+
+def _open_documents(dataset_name: Any, *, columns: Any, separator: str, dataset_config_name: str | None,
+                    data_dir: str | None, data_files: Any, revision: str | None,
+                    load_dataset_kwargs: dict[str, Any] | None, validation_split: float | None,
+                    test_split: float | None, seed: int, shuffle: bool, splits: Sequence[str] | None,
+                    batch_size: int) -> tuple[Any, list[str], dict[str, Any]]:
+    """The build's documents (split rules applied), its text columns and the source identity for the
+    fingerprint: local JSON Lines files read directly when :func:`plan_json_lines` takes them,
+    ``datasets.load_dataset`` otherwise."""
+    jsonl_files = plan_json_lines(
+        dataset_name, data_files=data_files, columns=columns, dataset_config_name=dataset_config_name,
+        data_dir=data_dir, revision=revision, load_dataset_kwargs=load_dataset_kwargs, shuffle=shuffle,
+    )
+    if jsonl_files is not None:
+        text_columns = ["text"] if columns is None else [columns] if isinstance(columns, str) else list(columns)
+        if not text_columns:
+            raise ValueError("columns must name at least one text column")
+        documents = JsonLinesDocuments.open(
+            jsonl_files, columns=text_columns, separator=separator, validation_split=validation_split,
+            test_split=test_split, seed=seed, splits=splits, batch_size=batch_size,
+        )
+        logger.info("reading %d JSON Lines file(s) directly (no Arrow cache)", sum(len(v) for v in jsonl_files.values()))
+        return documents, text_columns, documents.identity(data_files)
+    source = load_source(
+        dataset_name, dataset_config_name=dataset_config_name, data_dir=data_dir, data_files=data_files,
+        revision=revision, load_dataset_kwargs=load_dataset_kwargs,
+    )
+    split_datasets = apply_split_rules(
+        source, validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle, splits=splits,
+    )
+    text_columns = resolve_columns(split_datasets, columns)
+    identity = source_identity(
+        dataset_name, split_datasets, dataset_config_name=dataset_config_name, data_dir=data_dir,
+        data_files=data_files, revision=revision,
+    )
+    return DatasetDocuments(split_datasets, text_columns, separator), text_columns, identity
 
 
 def _choose_encoder(choice: str, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool,

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -205,7 +206,7 @@ class JsonLinesDocuments:
     @classmethod
     def open(cls, files: dict[str, list[str]], *, columns: list[str], separator: str, validation_split: float | None,
              test_split: float | None, seed: int, splits: Sequence[str] | None, batch_size: int = 1000,
-             block_bytes: int = BLOCK_BYTES) -> "JsonLinesDocuments":
+             block_bytes: int = BLOCK_BYTES) -> JsonLinesDocuments:
         """Scan the files into blocks (tasks) of at most ``block_bytes`` and ``batch_size`` rows, and
         apply the split rules of :mod:`zarrtok.sources` (without ``shuffle``)."""
         source: dict[str, _SourceSplit] = {}
