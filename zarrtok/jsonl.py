@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import carve_rows, check_fraction, file_stats
+from .sources import _jsonable, file_stats, split_rules
 
 logger = logging.getLogger(__name__)
 
@@ -216,28 +216,14 @@ class JsonLinesDocuments:
                 first_row = blocks[-1].first_row + blocks[-1].num_rows if blocks else 0
                 blocks += scan_file(path, first_row, block_bytes, batch_size)
             source[split] = _SourceSplit(paths, blocks, blocks[-1].first_row + blocks[-1].num_rows if blocks else 0)
-        selection: dict[str, tuple[str, np.ndarray | None]] = {name: (name, None) for name in source}
-        for name, fraction, what, offset in (("validation", validation_split, "validation_split", 0),
-                                             ("test", test_split, "test_split", 1)):
-            fraction = check_fraction(fraction, what)
-            if fraction == 0.0:
-                continue
-            if name in selection:
-                logger.info("dataset has its own %r split; %s=%s is not used", name, what, fraction)
-                continue
-            if "train" not in selection:
-                raise ValueError(f"cannot carve {name!r}: the dataset has no 'train' split (splits: {list(selection)})")
-            train_rows = selection["train"][1]
-            if train_rows is None:
-                train_rows = np.arange(source["train"].num_rows, dtype=np.int64)
-            rest, carved = carve_rows(len(train_rows), fraction, seed + offset, what)
-            selection["train"], selection[name] = ("train", train_rows[rest]), ("train", train_rows[carved])
-            logger.info("carved %d %s documents from train (seed %d)", len(carved), name, seed + offset)
-        if splits is not None:
-            unknown = [s for s in splits if s not in selection]
-            if unknown:
-                raise ValueError(f"unknown split(s) {unknown}: the dataset has {list(selection)}")
-            selection = {s: selection[s] for s in splits}
+        def size(part: tuple[str, np.ndarray | None]) -> int:
+            return source[part[0]].num_rows if part[1] is None else len(part[1])
+
+        def select(part: tuple[str, np.ndarray | None], positions: np.ndarray) -> tuple[str, np.ndarray]:
+            return part[0], positions if part[1] is None else part[1][positions]
+
+        selection = split_rules({name: (name, None) for name in source}, size=size, select=select,
+                                validation_split=validation_split, test_split=test_split, seed=seed, splits=splits)
         return cls(source, selection, columns, separator)
 
     @property
@@ -311,8 +297,6 @@ class JsonLinesDocuments:
 
     def identity(self, data_files: Any) -> dict[str, Any]:
         """What the fingerprint records about the source (the files' sizes and mtimes included)."""
-        from .sources import _jsonable
-
         paths = [p for s in self._source.values() for p in s.files]
         return {
             "kind": "load_dataset",

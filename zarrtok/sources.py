@@ -21,7 +21,8 @@ import glob
 import logging
 import math
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 STRING_DTYPES = ("string", "large_string")
+T = TypeVar("T")
 
 
 def load_source(
@@ -65,7 +67,7 @@ def load_source(
     return loaded
 
 
-def carve_rows(n: int, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _carve_rows(n: int, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(rest, carved)`` of a carve of ``ceil(fraction * n)`` rows, both in ascending order."""
     k = math.ceil(fraction * n)
     if k < 1 or k >= n:
@@ -77,12 +79,7 @@ def carve_rows(n: int, fraction: float, seed: int, what: str) -> tuple[np.ndarra
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
-def _carve(ds: datasets.Dataset, fraction: float, seed: int, what: str) -> tuple[datasets.Dataset, datasets.Dataset]:
-    rest, carved = carve_rows(len(ds), fraction, seed, what)
-    return ds.select(rest), ds.select(carved)
-
-
-def check_fraction(value: float | None, what: str) -> float:
+def _check_fraction(value: float | None, what: str) -> float:
     """``value`` as a float in [0, 1) (``None`` means 0)."""
     if value is None:
         return 0.0
@@ -92,19 +89,23 @@ def check_fraction(value: float | None, what: str) -> float:
     return value
 
 
-def apply_split_rules(
-    source: datasets.DatasetDict,
+def split_rules(
+    parts: dict[str, T],
     *,
+    size: Callable[[T], int],
+    select: Callable[[T, np.ndarray], T],
     validation_split: float | None = 0.0,
     test_split: float | None = 0.0,
     seed: int = 42,
     shuffle: bool = False,
     splits: Sequence[str] | None = None,
-) -> dict[str, datasets.Dataset]:
-    """Apply the split rules in this module's docstring; return ``{split: Dataset}`` in order."""
-    validation_split = check_fraction(validation_split, "validation_split")
-    test_split = check_fraction(test_split, "test_split")
-    result: dict[str, datasets.Dataset] = dict(source.items())
+) -> dict[str, T]:
+    """The split rules in this module's docstring over any row container: ``parts`` maps the
+    source's splits to containers, ``size(part)`` counts its rows and ``select(part, positions)``
+    keeps those rows in that order. Returns ``{split: part}`` in order."""
+    validation_split = _check_fraction(validation_split, "validation_split")
+    test_split = _check_fraction(test_split, "test_split")
+    result = dict(parts)
     for name, fraction, what in (("validation", validation_split, "validation_split"), ("test", test_split, "test_split")):
         if fraction == 0.0:
             continue
@@ -114,17 +115,23 @@ def apply_split_rules(
         if "train" not in result:
             raise ValueError(f"cannot carve {name!r}: the dataset has no 'train' split (splits: {list(result)})")
         offset = 0 if name == "validation" else 1
-        result["train"], result[name] = _carve(result["train"], fraction, seed + offset, what)
-        logger.info("carved %d %s documents from train (seed %d)", len(result[name]), name, seed + offset)
+        rest, carved = _carve_rows(size(result["train"]), fraction, seed + offset, what)
+        result["train"], result[name] = select(result["train"], rest), select(result["train"], carved)
+        logger.info("carved %d %s documents from train (seed %d)", len(carved), name, seed + offset)
     if shuffle:
-        for i, (name, ds) in enumerate(result.items()):
-            result[name] = ds.select(np.random.default_rng(seed + 100 + i).permutation(len(ds)))
+        for i, (name, part) in enumerate(result.items()):
+            result[name] = select(part, np.random.default_rng(seed + 100 + i).permutation(size(part)))
     if splits is not None:
         unknown = [s for s in splits if s not in result]
         if unknown:
             raise ValueError(f"unknown split(s) {unknown}: the dataset has {list(result)}")
         result = {s: result[s] for s in splits}
     return result
+
+
+def apply_split_rules(source: datasets.DatasetDict, **rules: Any) -> dict[str, datasets.Dataset]:
+    """:func:`split_rules` on a ``DatasetDict``: ``{split: Dataset}`` in order (``Dataset.select``)."""
+    return split_rules(dict(source.items()), size=len, select=lambda ds, rows: ds.select(rows), **rules)
 
 
 def resolve_columns(split_datasets: dict[str, datasets.Dataset], columns: str | Sequence[str] | None) -> list[str]:
