@@ -632,6 +632,17 @@ def print_report(rep: dict[str, Any]) -> list[str]:
     return [row[0].split(":")[0].split(" (")[0] for row in rows if row[4] is False]
 
 
+def print_conditions(machine: dict[str, Any], contention: dict[str, Any]) -> None:
+    """The load averages around the run and the CPU other processes took during it."""
+    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
+        *machine["load_average_before"], *machine["load_average"]))
+    c = contention
+    if c["other_processes_cpu_seconds"] is not None:
+        print(f"other processes used {c['other_processes_cpu_seconds']:.0f} CPU-s during the run "
+              f"({c['other_processes_share']:.0%} of the machine; this run used {c['own_cpu_seconds']:.0f} CPU-s "
+              f"in {c['wall_seconds']:.0f}s)")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.remote", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="~2M tokens in 256K-token chunks, fewer and shorter rounds")
@@ -748,14 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve()
     report = run_in_workdir(run, args, "zarrtok-bench-remote-")
     missed = print_report(report)
-    m = report["machine"]
-    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-        *m["load_average_before"], *m["load_average"]))
-    c = report["contention"]
-    if c["other_processes_cpu_seconds"] is not None:
-        print(f"other processes used {c['other_processes_cpu_seconds']:.0f} CPU-s during the run "
-              f"({c['other_processes_share']:.0%} of the machine; this run used {c['own_cpu_seconds']:.0f} CPU-s "
-              f"in {c['wall_seconds']:.0f}s)")
+    print_conditions(report["machine"], report["contention"])
     print("\nMISS: " + ", ".join(missed) if missed else "\nall targets met")
     write_report(report, args.json)
     return 0

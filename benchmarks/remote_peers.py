@@ -134,6 +134,7 @@ from benchmarks.remote import (
     git_state,
     machine_busy_seconds,
     mb,
+    print_conditions,
     publish,
     rotated,
     summary,
@@ -700,13 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = run_in_workdir(run, args, "zarrtok-remote-peers-")
     missed = print_report(report)
-    m, c = report["machine_info"], report["contention"]
-    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-        *m["load_average_before"], *m["load_average"]))
-    if c["other_processes_cpu_seconds"] is not None:
-        print(f"other processes used {c['other_processes_cpu_seconds']:.0f} CPU-s during the run "
-              f"({c['other_processes_share']:.0%} of the machine; this run used {c['own_cpu_seconds']:.0f} CPU-s "
-              f"in {c['wall_seconds']:.0f}s)")
+    print_conditions(report["machine_info"], report["contention"])
     print("\nMISS: " + "; ".join(missed) if missed else "\nall targets met")
     write_report(report, args.json)
     return 0
