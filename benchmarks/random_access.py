@@ -372,7 +372,7 @@ def isolate_caches(workdir: str) -> None:
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     isolate_caches(workdir)
     import zarrtok  # noqa: F401  (after isolate_caches)
-    from zarrtok import mapping as zarrtok_mapping
+    from zarrtok.storage import mapping as zarrtok_mapping
 
     t_start = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -409,7 +409,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             "shards": info["shards"],
             "tokens": len(tokens),
             "dtype": store.dtype.name,
-            "map_budget": zarrtok_mapping.GLOBAL_BUDGET.limit,
+            "map_budget": zarrtok_mapping.process_budget().limit,
             "build_seconds": seconds,
             "results": results,
         })

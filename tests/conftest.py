@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from zarrtok.demo import EOS_TOKEN, generate_documents, train_tokenizer  # noqa: E402
+from zarrtok.testing.corpus import EOS_TOKEN, generate_documents, train_tokenizer  # noqa: E402
 
 ADVERSARIAL_DOCS = [
     "",

@@ -6,45 +6,64 @@ Public API::
     store = zarrtok.open("store")                       # or "s3://bucket/store", storage_options=...
     ds = store.dataset("train", seq_len=2048)          # torch Dataset of (inputs, labels)
     loader = store.dataloader("train", 2048, batch_size=16, num_workers=2)   # shuffled, resumable dict batches
+
+``import zarrtok`` is light: names are imported on first use (PEP 562), so opening a store and
+reading tokens never imports torch, datasets or transformers. Packages, in import order (each only
+imports those before it): ``format`` ← ``storage`` ← ``read`` ← ``ingest``; ``read`` ← ``train``
+(the only one that imports torch); ``compat``, ``cli`` and ``demo`` on top; ``testing`` for tests,
+benchmarks and the demo.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .build import build  # noqa: E402
-from .chunks import TokenArray  # noqa: E402
-from .copy import copy  # noqa: E402,A004
-from .dataset import TokenDataset, WindowBatch, collate_windows  # noqa: E402
-from .errors import (  # noqa: E402
+from .errors import (  # noqa: E402  (light: no dependencies)
+    ChecksumError,
     FormatVersionError,
     IncompleteStoreError,
+    ObjectIOError,
     StoreExistsError,
     StoreNotFoundError,
     ZarrtokError,
 )
-from .loader import TokenLoader, collate_dict  # noqa: E402
-from .mixture import MixtureDataset  # noqa: E402
-from .provider import FastHfDatasetProvider  # noqa: E402
-from .sampler import ChunkShuffleSampler  # noqa: E402
-from .store import TokenStore, open  # noqa: E402,A004
+
+#: public name -> module that defines it (imported on first attribute access)
+_LAZY = {
+    "build": "zarrtok.ingest.builder",
+    "open": "zarrtok.read.store",
+    "copy": "zarrtok.read.store",
+    "TokenStore": "zarrtok.read.store",
+    "TokenArray": "zarrtok.read.token_array",
+    "TokenDataset": "zarrtok.train.dataset",
+    "WindowBatch": "zarrtok.train.dataset",
+    "collate_windows": "zarrtok.train.dataset",
+    "TokenLoader": "zarrtok.train.loader",
+    "collate_dict": "zarrtok.train.loader",
+    "MixtureDataset": "zarrtok.train.mixture",
+    "ChunkShuffleSampler": "zarrtok.train.sampler",
+    "FastHfDatasetProvider": "zarrtok.compat.archai",
+}
 
 __all__ = [
-    "build",
-    "open",
-    "copy",
-    "ChunkShuffleSampler",
-    "TokenStore",
-    "TokenArray",
-    "TokenDataset",
-    "WindowBatch",
-    "collate_windows",
-    "collate_dict",
-    "TokenLoader",
-    "MixtureDataset",
-    "FastHfDatasetProvider",
-    "ZarrtokError",
-    "StoreNotFoundError",
-    "StoreExistsError",
-    "IncompleteStoreError",
-    "FormatVersionError",
-    "__version__",
+    "build", "open", "copy", "ChunkShuffleSampler", "TokenStore", "TokenArray", "TokenDataset", "WindowBatch",
+    "collate_windows", "collate_dict", "TokenLoader", "MixtureDataset", "FastHfDatasetProvider", "ZarrtokError",
+    "StoreNotFoundError", "StoreExistsError", "IncompleteStoreError", "FormatVersionError", "ChecksumError",
+    "ObjectIOError", "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zarrtok' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -34,7 +34,7 @@ def _add_storage_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
+    from .ingest.builder import build
 
     data_files: Any = args.data_files
     if data_files and len(data_files) == 1:
@@ -89,14 +89,14 @@ def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .store import open as open_store
+    from .read.store import open as open_store
 
     _print_info(open_store(args.path, storage_options=_storage_options(args)).info(), as_json=args.json)
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .store import open as open_store
+    from .read.store import open as open_store
 
     store = open_store(args.path, storage_options=_storage_options(args))
     dataset = store.dataset(args.split, args.seq_len)
@@ -110,7 +110,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_cp(args: argparse.Namespace) -> int:
-    from .copy import copy
+    from .read.store import copy
 
     store = copy(args.src, args.dst, src_storage_options=_storage_options(args, "src_"),
                  dst_storage_options=_storage_options(args, "dst_"), overwrite=args.overwrite,

@@ -21,3 +21,11 @@ class StoreExistsError(ZarrtokError, FileExistsError):
 
 class FormatVersionError(ZarrtokError):
     """The store was written by a newer, incompatible zarrtok format."""
+
+
+class ChecksumError(IncompleteStoreError):
+    """A chunk's bytes do not match its stored CRC-32C (corruption at rest, in a cache or in transit)."""
+
+
+class ObjectIOError(ZarrtokError, OSError):
+    """Reading or writing a store object failed for good (after the retry budget); names the URL."""

@@ -1,0 +1,1 @@
+"""Compatibility facades over the public API: Archai's ``FastHfDatasetProvider`` (:mod:`.archai`)."""

@@ -1,0 +1,129 @@
+"""Writers: append token batches and document ends into one shard's arrays, in whole chunks.
+
+One :class:`ShardWriter` owns one shard; it never touches another shard's chunks, so any number
+of writers (processes, Dask tasks) can fill different shards of a store at the same time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from ..format import DOC_ENDS_ARRAY, DOC_ENDS_CHUNK, DOC_ENDS_DTYPE, TOKENS_ARRAY
+
+
+def compressors_for(checksum: str | None) -> list | None:
+    """The Zarr ``compressors`` for a checksum choice: ``[crc32c]`` (raw bytes + CRC) or none."""
+    if checksum is None:
+        return None
+    if checksum == "crc32c":
+        return [Crc32cCodec()]
+    raise ValueError(f"unsupported checksum {checksum!r}: use 'crc32c' or None")
+
+
+class ArrayAppender:
+    """Appends 1-D data to a new Zarr array, writing only whole chunks until :meth:`close`.
+
+    The array is created on the first full chunk. If the data ends before one chunk is full, the
+    array is created with a single chunk of exactly the data's length, so small arrays carry no
+    padding. Every chunk file is written (``write_empty_chunks``), so readers can memory-map them.
+    """
+
+    def __init__(self, group: zarr.Group, name: str, dtype: np.dtype, chunk_size: int, checksum: str | None):
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.group = group
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.chunk_size = int(chunk_size)
+        self.checksum = checksum
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
+        self._written = 0
+        self._array: zarr.Array | None = None
+        self.closed = False
+
+    def _create(self, chunk: int) -> zarr.Array:
+        return self.group.create_array(
+            self.name,
+            shape=(0,),
+            chunks=(max(1, chunk),),
+            dtype=self.dtype,
+            compressors=compressors_for(self.checksum),
+            filters=None,
+            fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+
+    @property
+    def array_chunk_size(self) -> int:
+        """The chunk length the array was created with (``chunk_size``, or the data's length when it
+        all fit in less than one chunk); valid after :meth:`close`."""
+        assert self._array is not None
+        return int(self._array.chunks[0])
+
+    @property
+    def length(self) -> int:
+        """Elements appended so far."""
+        return self._written + self._pending_len
+
+    def append(self, data: np.ndarray) -> None:
+        """Queue ``data``; write every whole chunk that is now complete."""
+        if self.closed:
+            raise RuntimeError("appender is closed")
+        if data.size == 0:
+            return
+        self._pending.append(np.ascontiguousarray(data, dtype=self.dtype))
+        self._pending_len += data.size
+        if self._pending_len >= self.chunk_size:
+            self._flush(whole_chunks_only=True)
+
+    def _flush(self, *, whole_chunks_only: bool) -> None:
+        buf = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        n = (buf.size // self.chunk_size) * self.chunk_size if whole_chunks_only else buf.size
+        if n == 0:
+            return
+        if self._array is None:
+            self._array = self._create(self.chunk_size)
+        start = self._written
+        self._array.resize((start + n,))
+        self._array[start : start + n] = buf[:n]
+        self._written += n
+        rest = buf[n:]
+        self._pending = [rest] if rest.size else []
+        self._pending_len = rest.size
+
+    def close(self) -> int:
+        """Write the remaining (possibly partial) chunk and return the array's final length."""
+        if self.closed:
+            return self._written
+        if self._array is None:
+            # Everything fits in less than one chunk: one exact-size chunk, no padding.
+            self._array = self._create(self._pending_len)
+        if self._pending_len:
+            self._flush(whole_chunks_only=False)
+        self.closed = True
+        return self._written
+
+
+class ShardWriter:
+    """Writes one shard: its token array and its document-end offsets."""
+
+    def __init__(self, group: zarr.Group, *, dtype: np.dtype, chunk_size: int, checksum: str | None):
+        self.tokens = ArrayAppender(group, TOKENS_ARRAY, dtype, chunk_size, checksum)
+        self.doc_ends = ArrayAppender(group, DOC_ENDS_ARRAY, DOC_ENDS_DTYPE, DOC_ENDS_CHUNK, checksum)
+        self.num_documents = 0
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append the tokens of consecutive documents and their token counts (zero for empty ones)."""
+        if int(lengths.sum()) != tokens.size:
+            raise ValueError("document lengths do not add up to the number of tokens")
+        ends = self.tokens.length + np.cumsum(lengths, dtype=np.int64)
+        self.tokens.append(tokens)
+        self.doc_ends.append(ends.astype(DOC_ENDS_DTYPE))
+        self.num_documents += lengths.size
+
+    def close(self) -> tuple[int, int]:
+        """Finish both arrays; return ``(num_tokens, num_documents)``."""
+        return self.tokens.close(), self.doc_ends.close()

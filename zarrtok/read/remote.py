@@ -1,0 +1,289 @@
+"""Reading token ranges from object storage (any fsspec URL) without Zarr's per-call machinery.
+
+Chunks of a token array are raw little-endian bytes (docs/format.md), so the bytes of tokens
+``[a, b)`` inside chunk ``k`` are at a computable offset of object ``<array>/c/<k>``. Three modes:
+
+* ``"range"``: one ranged GET for exactly the bytes a window needs (two when it straddles a chunk
+  boundary; a batch's ranges, across all shards, are fetched concurrently in one round). Best for
+  random access (notebooks, eval).
+* ``"cache"``: whole chunks fetched into a bounded in-memory LRU (per process, in bytes, shared by
+  all readers of that size), optionally through an on-disk cache directory shared by processes,
+  with read-ahead of upcoming chunks on a small thread pool. Best for training epochs (each chunk
+  fetched about once).
+* ``"auto"`` (default): a chunk's first read is a ranged GET; a second read of the same chunk while
+  it is still recent fetches the whole chunk into the cache. Random access costs one small GET per
+  window; an epoch in chunk-local order transfers each chunk about once.
+
+Whole-chunk fetches verify the chunk's CRC-32C when the array has one. Caches are keyed by the
+shard's id (store content), never by URL. Every request goes through the object I/O layer
+(:mod:`zarrtok.storage.objects`: retries, deadline, counters). Thread pools and caches are per
+process (:mod:`zarrtok.storage.process`), so readers work in DataLoader workers started with fork,
+spawn or forkserver, even when first used in the parent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import IncompleteStoreError
+from ..format import check_chunk_crc, check_padded_chunk_crc
+from ..storage.objects import RetryPolicy
+from ..storage.process import thread_pool
+from .cache import ChunkCache, shared_chunk_cache
+from .disk_cache import DiskChunkCache
+from .source import ChunkedShardReader, PendingRange, ShardSpec
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "range", "cache")
+DEFAULT_CACHE_BYTES = 512 << 20
+DEFAULT_READAHEAD = 2
+_RECENT_CHUNKS = 4096  # chunks remembered by "auto" mode as recently touched
+
+
+class RemoteShardReader(ChunkedShardReader):
+    """Reads a shard on any fsspec filesystem by ranged GETs and/or whole-chunk fetches (see module doc)."""
+
+    def __init__(
+        self,
+        spec: ShardSpec,
+        *,
+        mode: str = "auto",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_dir: str | None = None,
+        cache_dir_bytes: int | None = None,
+        readahead: int = DEFAULT_READAHEAD,
+        policy: RetryPolicy | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown read mode {mode!r}: use one of {MODES}")
+        if spec.raw is None:
+            raise ValueError("RemoteShardReader needs raw (uncompressed) chunks")
+        self.spec = spec
+        self.mode = mode
+        self.length = spec.length
+        self.chunk_size = spec.chunk_size
+        self.dtype = np.dtype(spec.dtype)
+        self.cache_bytes = int(cache_bytes)
+        self.cache_dir = cache_dir
+        self.cache_dir_bytes = cache_dir_bytes
+        self.readahead = int(readahead)
+        self._num_chunks = spec.raw.num_chunks
+        self._chunk_bytes = self.chunk_size * self.dtype.itemsize
+        if not spec.key:
+            raise ValueError("RemoteShardReader needs the shard's content key (ShardSpec.key) for its caches")
+        self._namespace = spec.key  # content identity: a rebuilt store at the same URL has new keys
+        self._disk_namespace = f"{spec.key}/{spec.array_path}"
+        self.policy = policy
+        self._io = spec.location.objects(policy)
+        self._reset_process_state()
+        self._disk = DiskChunkCache(cache_dir, cache_dir_bytes) if cache_dir else None
+        self.stats = {"range_requests": 0, "range_bytes": 0, "chunk_fetches": 0, "chunk_bytes": 0}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "mode": self.mode, "cache_bytes": self.cache_bytes, "cache_dir": self.cache_dir,
+                "cache_dir_bytes": self.cache_dir_bytes, "readahead": self.readahead, "policy": self.policy}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        spec = state.pop("spec")
+        self.__init__(spec, **state)
+
+    def _reset_process_state(self) -> None:
+        """Fresh per-process state: a forked child must not wait on its parent's in-flight fetches
+        (their threads do not exist in the child) or inherit a lock held at fork time."""
+        self._pid = os.getpid()
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._inflight: dict[int, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
+        self._chunk_cache = shared_chunk_cache(self.cache_bytes)
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            self._reset_process_state()
+
+    # -- objects -------------------------------------------------------------------------------
+    def _key_of(self, k: int) -> str:
+        """Object key (relative to the store root) of chunk ``k``."""
+        if not 0 <= k < self._num_chunks:
+            raise IndexError(f"chunk {k} out of range")
+        return f"{self.spec.array_path}/{self.spec.raw.chunk_key(k)}"
+
+    def _cache(self) -> ChunkCache:
+        self._check_process()
+        return self._chunk_cache
+
+    def _key(self, k: int) -> tuple[str, int]:
+        return (self._namespace, k)
+
+    # -- whole chunks --------------------------------------------------------------------------
+    def _download(self, k: int) -> memoryview:
+        """The used bytes of chunk ``k`` (all of it, except the padding of a shard's last chunk),
+        checksum verified when the array has one."""
+        key = self._key_of(k)
+        layout = self.spec.raw
+        trailer = layout.trailer_bytes
+        used = layout.used_items(k) * self.dtype.itemsize
+        what = f"{self.spec.where}, chunk {k} ({self._io.url(key)})"
+        try:
+            if used == self._chunk_bytes or not trailer:
+                raw = self._io.get(key, 0, used + trailer)  # one ranged GET (an unranged read is HEAD + GET)
+                crc = None
+            else:  # a padded last chunk: the used prefix and the checksum, never the padding
+                raw, crc = self._io.get_ranges([key, key], [0, self._chunk_bytes],
+                                               [used, self._chunk_bytes + trailer])
+        except FileNotFoundError:
+            raise IncompleteStoreError(f"{what}: the chunk object is missing") from None
+        self.stats["chunk_fetches"] += 1
+        self.stats["chunk_bytes"] += len(raw) + (len(crc) if crc is not None else 0)
+        if trailer == 4:
+            if crc is None:
+                check_chunk_crc(raw, what)
+            else:
+                pad = np.full(layout.chunk_size - layout.used_items(k), layout.fill_value, dtype=self.dtype)
+                check_padded_chunk_crc(raw, pad.tobytes(), crc, what)
+        return memoryview(raw)[:used]  # a view: no copy of the chunk
+
+    def _load(self, k: int) -> np.ndarray:
+        count = self.spec.raw.used_items(k)
+        if self._disk is not None:
+            arr, _ = self._disk.get_or_fetch(self._disk_namespace, self.spec.raw.chunk_key(k),
+                                             count * self.dtype.itemsize, self.dtype, count,
+                                             lambda: self._download(k))
+        else:
+            arr = np.frombuffer(self._download(k), dtype=self.dtype, count=count)
+        self._cache().put(self._key(k), arr)
+        return arr
+
+    def _chunk(self, k: int) -> np.ndarray:
+        hit = self._cache().get(self._key(k))
+        if hit is not None:
+            return hit
+        self._check_process()
+        with self._lock:
+            future = self._inflight.get(k)
+        if future is not None:
+            return future.result()
+        return self._load(k)
+
+    def prefetch(self, chunks: Iterable[int]) -> None:
+        """Fetch these chunks into the cache in the background (no-op for cached or in-flight ones)."""
+        if self.mode == "range":
+            return
+        self._check_process()
+        cache = self._cache()
+        pool = None
+        for k in chunks:
+            if not 0 <= k < self._num_chunks or self._key(k) in cache:
+                continue
+            with self._lock:
+                if k in self._inflight:
+                    continue
+                pool = pool or thread_pool("zarrtok-fetch")
+                future = pool.submit(self._load, k)
+                self._inflight[k] = future
+            future.add_done_callback(lambda _f, k=k: self._done(k))
+
+    def _done(self, k: int) -> None:
+        with self._lock:
+            self._inflight.pop(k, None)
+
+    # -- ranged reads --------------------------------------------------------------------------
+    def _use_range(self, k: int) -> bool:
+        """Whether to serve a read in chunk ``k`` by a ranged GET (else via the whole chunk)."""
+        if self.mode == "range":
+            return True
+        self._check_process()
+        if self._key(k) in self._cache():
+            return False
+        if self.mode == "cache" or k in self._inflight:
+            return False
+        if k in self._recent:  # auto: second touch of a recent chunk -> fetch it whole
+            del self._recent[k]
+            return False
+        self._recent[k] = None
+        if len(self._recent) > _RECENT_CHUNKS:
+            self._recent.popitem(last=False)
+        return True
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> None:
+        """Copy tokens ``[a, b)`` into ``out``."""
+        self.read_batch_into([a], b - a, out[None, :] if out.ndim == 1 else out)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``[a, b)`` of this shard."""
+        c = self.chunk_size
+        k = a // c
+        out = np.empty((1, b - a), dtype=self.dtype)
+        if a < b <= (k + 1) * c:  # inside one chunk: decide range-vs-chunk exactly once
+            if not self._use_range(k):
+                return self._chunk(k)[a - k * c : b - k * c]
+            base = k * c
+            p = PendingRange(self, 0, 0, k, a, b, self._key_of(k), (a - base) * self.dtype.itemsize,
+                             (b - base) * self.dtype.itemsize)
+            self.fill([p], self._fetch([p]), out)
+            return out[0]
+        self.read_batch_into([a], b - a, out)
+        return out[0]
+
+    def read_batch_into(self, starts: Iterable[int], n: int, out: np.ndarray) -> None:
+        """Fill row ``i`` of ``out`` with tokens ``[starts[i], starts[i] + n)``; all ranged GETs of
+        the batch are issued concurrently."""
+        starts = list(starts)
+        if n <= 0:
+            return
+        pending = self.gather([(row, 0, a, a + n) for row, a in enumerate(starts)], out)
+        if pending:
+            self.fill(pending, self._fetch(pending), out)
+
+    def gather(self, pieces: Sequence[tuple[int, int, int, int]], out: np.ndarray) -> list[PendingRange]:
+        """Serve pieces ``(row, col, a, b)`` from cached chunks where possible (fetching whole chunks
+        that ``auto`` decides to cache); return the ranged GETs still needed."""
+        c, itemsize = self.chunk_size, self.dtype.itemsize
+        cache = self._cache()  # also resets per-process state in a new process
+        namespace = self._namespace
+        use_cache = self.mode != "range"  # range mode: exactly one GET per window piece, always
+        held: dict[int, np.ndarray] = {}  # chunks this batch already holds (one cache lookup per chunk)
+        pending: list[PendingRange] = []
+        for row, col, a, b in pieces:
+            k = a // c
+            pos = a
+            while pos < b:
+                hi = min(b, (k + 1) * c)
+                chunk = held.get(k)
+                if chunk is None and use_cache:
+                    chunk = cache.get((namespace, k))
+                    if chunk is None and not self._use_range(k):
+                        chunk = self._chunk(k)
+                    if chunk is not None:
+                        held[k] = chunk
+                dst = col + (pos - a)
+                if chunk is None:
+                    base = k * c
+                    pending.append(PendingRange(self, row, dst, k, pos, hi, self._key_of(k),
+                                                (pos - base) * itemsize, (hi - base) * itemsize))
+                else:
+                    out[row, dst : dst + (hi - pos)] = chunk[pos - k * c : hi - k * c]
+                pos = hi
+                k += 1
+        return pending
+
+    def _fetch(self, pending: Sequence[PendingRange]) -> list[bytes]:
+        try:
+            return self._io.get_ranges([p.key for p in pending], [p.start for p in pending],
+                                       [p.end for p in pending])
+        except FileNotFoundError as exc:
+            raise IncompleteStoreError(f"{self.spec.where}: chunk object missing: {exc}") from None
+
+    def fill(self, pending: Sequence[PendingRange], blobs: Sequence[bytes], out: np.ndarray) -> None:
+        """Write the fetched byte ranges into ``out``."""
+        for p, blob in zip(pending, blobs):
+            out[p.row, p.col : p.col + (p.hi - p.lo)] = np.frombuffer(blob, dtype=self.dtype)
+            self.stats["range_requests"] += 1
+            self.stats["range_bytes"] += len(blob)
