@@ -458,7 +458,7 @@ def bench_loader(server: MotoServer, url: str, opts: dict[str, Any], local_path:
         return os.path.join(tmpfs_dir if name == "remote_cold_tmpfs" else workdir, f"cache-cold-{r}")
 
     def open_store(name: str, r: int) -> Any:
-        from zarrtok.remote import clear_memory_caches
+        from zarrtok.read import clear_memory_caches
 
         clear_memory_caches()  # nothing from an earlier epoch in this process's chunk LRU
         if name == "local":

@@ -345,7 +345,7 @@ def bench_epochs(server: MotoServer, url: str, lit_url: str, workdir: str, expec
     from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
     import zarrtok
-    from zarrtok.remote import clear_memory_caches
+    from zarrtok.read import clear_memory_caches
 
     opts, lopts = server.storage_options(), lit_storage_options(server)
 
@@ -424,7 +424,7 @@ def bench_single(server: MotoServer, url: str, lit_url: str, workdir: str, flat:
     from litdata import StreamingDataset, TokensLoader
 
     import zarrtok
-    from zarrtok.remote import clear_memory_caches
+    from zarrtok.read import clear_memory_caches
 
     opts, lopts = server.storage_options(), lit_storage_options(server)
     range_ds = zarrtok.open(url, storage_options=opts, reader_options={"mode": "range"}).dataset("train", SEQ_LEN)

@@ -53,14 +53,14 @@ def write_synthetic(template: Any, output: str, num_tokens: int, seed: int = 0) 
 
     import zarr
 
-    from zarrtok.format import (ATTRIBUTE_KEY, STATUS_COMPLETE, TOKENIZER_GROUP, ShardInfo, SplitInfo, shard_name,
-                                shard_path)
-    from zarrtok.writer import ShardWriter, _compressors
+    from zarrtok.format import (ATTRIBUTE_KEY, STATUS_COMPLETE, TOKENIZER_GROUP, ShardInfo, SplitInfo, new_id,
+                                shard_name, shard_path)
+    from zarrtok.ingest.writer import ShardWriter, compressors_for
 
     shutil.rmtree(output, ignore_errors=True)
     m = template.manifest
     manifest = dataclasses.replace(m, fingerprint=f"synthetic-{num_tokens}-{seed}", splits={}, status="building",
-                                   config={**m.config, "synthetic": True})
+                                   config={**m.config, "synthetic": True}, generation=new_id())
     rng = np.random.default_rng(seed)
     vocab = int(template.manifest.tokenizer.get("len", 4096) or 4096)
     t0 = time.perf_counter()
@@ -68,10 +68,10 @@ def write_synthetic(template: Any, output: str, num_tokens: int, seed: int = 0) 
     tok_group = root.create_group(TOKENIZER_GROUP)
     for name, data in template.tokenizer_files().items():
         arr = tok_group.create_array(name, shape=(len(data),), chunks=(max(1, len(data)),), dtype="uint8",
-                                     compressors=_compressors(m.checksum), filters=None, fill_value=0,
+                                     compressors=compressors_for(m.checksum), filters=None, fill_value=0,
                                      config={"write_empty_chunks": True})
         arr[:] = np.frombuffer(data, dtype=np.uint8)
-    shard = ShardInfo(shard_name(0), 0, 0)
+    shard = ShardInfo(shard_name(0), 0, 0, id=new_id(), checksum=m.checksum)
     writer = ShardWriter(root.create_group(shard_path("train", shard.name)), dtype=np.dtype(m.dtype),
                          chunk_size=m.chunk_size, checksum=m.checksum)
     step = 1 << 22
@@ -83,6 +83,7 @@ def write_synthetic(template: Any, output: str, num_tokens: int, seed: int = 0) 
         lengths = np.append(lengths, n - lengths.sum())
         writer.add(tokens, lengths)
     shard.num_tokens, shard.num_documents = writer.close()
+    shard.chunk_size = writer.tokens.array_chunk_size
     manifest.splits["train"] = SplitInfo([shard])
     manifest.status = STATUS_COMPLETE
     root.attrs[ATTRIBUTE_KEY] = manifest.to_json()
