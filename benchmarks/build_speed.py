@@ -25,9 +25,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.random_access import isolate_caches, machine_info, make_corpus, run_in_workdir, write_report
+from benchmarks.common import (
+    PeakMemory,
+    conditions,
+    default_json,
+    isolate_caches,
+    machine_info,
+    make_corpus,
+    row,
+    run_in_workdir,
+    write_report,
+)
 
-DEFAULT_JSON = os.path.join("benchmarks", "results", "build_speed.json")
+DEFAULT_JSON = default_json("build_speed")
 CONTENDERS = [("hf", 1), ("auto", 1), ("hf", 2), ("auto", 2)]
 
 
@@ -47,52 +57,6 @@ def build_one(data_path: str, tok_dir: str, output: str, encoder: str, workers: 
     tokens = np.asarray(store.tokens("train"))
     return {"seconds": seconds, "tokens": int(tokens.size), "encoder": store.manifest.encoder,
             "digest": hashlib.sha256(tokens.tobytes()).hexdigest()}
-
-
-def _tree_pss_mb(root: int) -> float:
-    """Summed PSS (MB) of ``root`` and its descendants, from /proc."""
-    parent: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    parent[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, frontier = {root}, [root]
-    while frontier:
-        frontier = [p for p, pp in parent.items() if pp in frontier and p not in tree]
-        tree.update(frontier)
-    total_kb = 0
-    for pid in tree:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                total_kb += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-        except (OSError, StopIteration):
-            pass
-    return total_kb / 1024
-
-
-class PeakMemory:
-    """Samples the summed PSS of a process tree in a thread; ``peak_mb`` is the maximum seen."""
-
-    def __init__(self, pid: int, interval: float = 0.02):
-        import threading
-
-        self.pid, self.interval, self.peak_mb = pid, interval, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, _tree_pss_mb(self.pid))
-            self._stop.wait(self.interval)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_mb
 
 
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
@@ -134,6 +98,14 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             "total_seconds": time.perf_counter() - t_start}
 
 
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's result rows: build tokens/s of the tiktoken fast path over Hugging Face's encoder."""
+    return [row("build_speed", f"build tokens/s, tiktoken fast path vs HF, {k}", v, reference="HF tokenizers",
+                conditions=conditions(report, tokens=report["results"]["hf/1"][0]["tokens"],
+                                      rounds=len(report["results"]["hf/1"])))
+            for k, v in report["ratios"].items()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=20_000_000, help="corpus size in tokens (default 20M)")
@@ -152,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:<18} {s['tokens_per_second'] / 1e6:6.2f}M  {s['peak_pss_mb']:8.0f} MB   {s['encoder'][:40]}")
     for k, v in report["ratios"].items():
         print(f"fast path / HF with {k}: {v:.2f}x")
+    report["rows"] = rows(report)
     write_report(report, args.json)
     return 0
 

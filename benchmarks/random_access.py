@@ -8,7 +8,7 @@ Run from the repository root::
 
 Method
 ------
-1. **Data, offline.** A synthetic corpus from :func:`zarrtok.demo.generate_documents` (enough documents
+1. **Data, offline.** A synthetic corpus from :func:`zarrtok.testing.corpus.generate_documents` (enough documents
    for ``--tokens``), a byte-level BPE tokenizer (``vocab_size=4096``, so tokens are ``uint16``)
    trained on a sample of it, written as JSONL, and built into two stores with the public
    :func:`zarrtok.build` (``num_workers=2``): one with the default chunk size (8 MiB) and one with
@@ -41,135 +41,44 @@ printed as ``MISS``.
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import math
 import os
-import platform
-import shutil
-import statistics
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.common import (
+    TOKENIZER_SAMPLE_DOCS,  # noqa: F401  (re-exported: the corpus settings of the suites built on make_corpus)
+    VOCAB_SIZE,
+    calibrate,
+    command_line,
+    compare,
+    conditions,
+    default_json,
+    isolate_caches,
+    load_average,
+    machine_info,
+    make_corpus,
+    print_load,
+    run_in_workdir,
+    write_report,
+)
+from benchmarks.common import row as result_row
+from benchmarks.peers.nanogpt import MemmapWindows
+
 SEQ_LENS = (512, 2048, 8192)
 BATCH_SIZE = 16
 TARGET_RATIO = 0.9
-VOCAB_SIZE = 4096
 SMALL_CHUNK = 65536
-TOKENIZER_SAMPLE_DOCS = 5000
 SEED = 1234
-DEFAULT_JSON = os.path.join("benchmarks", "results", "random_access.json")
+DEFAULT_JSON = default_json("random_access")
 
 
 # -- the reference -----------------------------------------------------------------------------------
-class MemmapWindows:
-    """The reference: windows over one flat raw token file opened with ``np.memmap`` (Archai's FastHfDataset).
-
-    ``plain=True`` slices a plain ``ndarray`` view of the same map instead of the ``np.memmap``
-    subclass, whose Python-level ``__getitem__`` / ``__array_finalize__`` cost a few µs per window:
-    an informational lower bound for any reader of a flat memory map.
-    """
-
-    def __init__(self, path: str, dtype: np.dtype, seq_len: int, *, plain: bool = False):
-        self.input_ids = np.memmap(path, dtype=dtype, mode="r")
-        if plain:
-            self.input_ids = self.input_ids.view(np.ndarray)
-        self.seq_len = seq_len
-        self._len = (len(self.input_ids) - 1) // seq_len
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = idx * self.seq_len
-        x = torch.from_numpy(self.input_ids[start : start + self.seq_len + 1].astype(np.int64))
-        return x[:-1], x[1:]
-
-
 # -- timing ------------------------------------------------------------------------------------------
-@dataclass
-class Comparison:
-    """Rounds of items/s for each contender on one workload (``rates[name]``, one entry per round)."""
-
-    unit: str  # what one item is: "window" or "batch"
-    items_per_round: int
-    rates: dict[str, list[float]] = field(default_factory=dict)
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.rates[name])
-
-    def ratio(self, name: str, baseline: str = "reference") -> float:
-        """``name``'s median rate over ``baseline``'s."""
-        return self.median(name) / self.median(baseline)
-
-    def spread(self, name: str) -> float:
-        """(max - min) / median of ``name``'s rounds: how noisy they were."""
-        rates = self.rates[name]
-        return (max(rates) - min(rates)) / statistics.median(rates)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "median": {name: self.median(name) for name in self.rates},
-            "spread": {name: self.spread(name) for name in self.rates},
-            "ratio_to_reference": {name: self.ratio(name) for name in self.rates},
-        }
-
-
-def time_round(fn: Callable[[Any], Any], items: Sequence[Any]) -> float:
-    """Call ``fn`` on every item once; return items per second (GC off, as ``timeit`` does).
-
-    No ``gc.collect()`` here: with datasets/transformers loaded a full collection takes ~0.1 s;
-    :func:`compare` collects once and freezes the survivors before its rounds.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        for item in items:
-            fn(item)
-        elapsed = time.perf_counter() - t0
-    finally:
-        if enabled:
-            gc.enable()
-    return len(items) / elapsed
-
-
-def calibrate(fn: Callable[[Any], Any], pool: Sequence[Any], seconds: float) -> int:
-    """How many calls of ``fn`` (over ``pool``, cycled) take about ``seconds``."""
-    n = min(len(pool), 64)
-    while True:
-        rate = time_round(fn, [pool[i % len(pool)] for i in range(n)])
-        if n / rate >= 0.1 or n >= 10**7:
-            return max(BATCH_SIZE, int(rate * seconds))
-        n *= 4
-
-
-def compare(contenders: dict[str, Callable[[Any], Any]], items: Sequence[Any], *, rounds: int, unit: str) -> Comparison:
-    """Warm every contender up on ``items``, then run ``rounds`` interleaved rounds of each.
-
-    The order rotates every round, so each contender runs in every position equally often and slow
-    drifts of the machine's speed hit all of them alike.
-    """
-    gc.collect()
-    gc.freeze()  # everything alive now is never scanned again
-    for fn in contenders.values():
-        time_round(fn, items)
-    result = Comparison(unit=unit, items_per_round=len(items), rates={name: [] for name in contenders})
-    names = list(contenders)
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            result.rates[name].append(time_round(contenders[name], items))
-    return result
-
-
 # -- the benchmark -------------------------------------------------------------------------------------
 def straddling_fraction(indices: np.ndarray, seq_len: int, chunk_size: int) -> float:
     """Fraction of the windows ``indices`` whose ``seq_len + 1`` tokens cross a chunk boundary."""
@@ -247,29 +156,6 @@ def touch_all_pages(path: str, dtype: np.dtype, store: Any) -> None:
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def make_corpus(workdir: str, num_tokens: int) -> tuple[str, str, dict[str, Any]]:
-    """Generate documents for about ``num_tokens`` tokens, train the tokenizer, write the JSONL."""
-    from zarrtok.demo import generate_documents, train_tokenizer, write_jsonl
-
-    tok_dir = os.path.join(workdir, "tokenizer")
-    data_path = os.path.join(workdir, "data", "docs.jsonl")
-    t0 = time.perf_counter()
-    sample = generate_documents(TOKENIZER_SAMPLE_DOCS, seed=0)
-    tokenizer = train_tokenizer(sample, vocab_size=VOCAB_SIZE, directory=tok_dir)
-    # generate_documents is a deterministic stream: the first k of n documents do not depend on n.
-    per_doc = sum(len(ids) + 1 for ids in tokenizer(sample[:2000])["input_ids"]) / 2000
-    num_docs = max(TOKENIZER_SAMPLE_DOCS, math.ceil(num_tokens / per_doc))
-    docs = generate_documents(num_docs, seed=0)
-    write_jsonl(docs, data_path)
-    info = {
-        "documents": num_docs,
-        "estimated_tokens_per_document": per_doc,
-        "jsonl_bytes": os.path.getsize(data_path),
-        "seconds": time.perf_counter() - t0,
-    }
-    return data_path, tok_dir, info
-
-
 def build_store(data_path: str, tok_dir: str, output: str, chunk_size: int | None) -> tuple[Any, float | None]:
     """Build (or, in a reused ``--workdir``, reopen) a store; return it and the build time (None if reused)."""
     import zarrtok
@@ -282,32 +168,6 @@ def build_store(data_path: str, tok_dir: str, output: str, chunk_size: int | Non
     )
     seconds = time.perf_counter() - t0
     return store, None if store.manifest.created == previous else seconds
-
-
-def machine_info() -> dict[str, Any]:
-    import zarr
-
-    import zarrtok
-
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "zarr": zarr.__version__,
-        "zarrtok": zarrtok.__version__,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -339,6 +199,19 @@ def print_table(variant: dict[str, Any]) -> None:
               f"zarrtok {zt:>8,.0f} batch/s ({zt * BATCH_SIZE:>9,.0f} w/s)   ratio {zt / ref:.2f}x")
 
 
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's result rows: zarrtok / np.memmap single windows/s, every store and seq_len."""
+    out = []
+    for variant in report["variants"]:
+        for res in variant["results"]:
+            ratio = res["single"]["ratio_to_reference"]["zarrtok"]
+            out.append(result_row("random_access", f"{variant['name']} chunks, seq {res['seq_len']}: windows/s vs np.memmap",
+                           ratio, reference="np.memmap", target=f">= {TARGET_RATIO:g}x", ok=ratio >= TARGET_RATIO,
+                           conditions=conditions(report, tokens=variant["tokens"], chunk_size=variant["chunk_size"],
+                                                 seq_len=res["seq_len"], rounds=report["settings"]["rounds"])))
+    return out
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.random_access", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="~2M tokens, fewer and shorter rounds")
@@ -357,25 +230,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def isolate_caches(workdir: str) -> None:
-    """Point every Hugging Face cache into ``workdir`` and go offline (before datasets is imported)."""
-    if "datasets" in sys.modules or "zarrtok" in sys.modules:
-        raise RuntimeError("isolate_caches must run before datasets / zarrtok are imported")
-    hf = os.path.join(workdir, "hf")
-    os.environ["HF_HOME"] = hf
-    os.environ["HF_DATASETS_CACHE"] = os.path.join(hf, "datasets")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     isolate_caches(workdir)
     import zarrtok  # noqa: F401  (after isolate_caches)
     from zarrtok.storage import mapping as zarrtok_mapping
 
     t_start = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     print(f"workdir {workdir}; target {args.tokens:,} tokens", flush=True)
     data_path, tok_dir, corpus = make_corpus(workdir, args.tokens)
     print(f"corpus: {corpus['documents']:,} documents, {corpus['jsonl_bytes'] / 2**20:.0f} MiB JSONL "
@@ -415,7 +276,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         })
     return {
         "benchmark": "random_access",
-        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.random_access", *sys.argv[1:]]),
+        "command": command_line("random_access"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {**machine_info(), "load_average_before": load_before},
         "settings": {
@@ -429,27 +290,6 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     }
 
 
-def run_in_workdir(run_fn: Callable[[argparse.Namespace, str], dict[str, Any]], args: argparse.Namespace,
-                   prefix: str) -> dict[str, Any]:
-    """Run a benchmark in ``--workdir`` (kept) or in a temporary directory (deleted afterwards)."""
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        return run_fn(args, os.path.abspath(args.workdir))
-    workdir = tempfile.mkdtemp(prefix=prefix)
-    try:
-        return run_fn(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def write_report(report: dict[str, Any], path: str) -> None:
-    """Write a benchmark report as JSON and say where."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"results written to {path}  (total {report['total_seconds']:.0f}s)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = run_in_workdir(run, args, "zarrtok-bench-")
@@ -457,9 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = report["machine"]
     print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
           f"torch {m['torch']}, numpy {m['numpy']}, zarr {m['zarr']}, zarrtok {m['zarrtok']}")
-    if m["load_average"]:
-        print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-            *m["load_average_before"], *m["load_average"]))
+    print_load(m)
     print(f"rounds: {args.rounds} x ~{args.round_seconds}s each, interleaved; medians. straddle = share of the "
           f"timed windows crossing a chunk boundary; ndarray = the reference code on a plain ndarray view of the "
           f"same map (informational); noise = (max-min)/median over rounds")
@@ -473,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"\nall targets met (zarrtok >= {TARGET_RATIO}x the memmap reference)")
 
+    report["rows"] = rows(report)
     write_report(report, args.json)
     return 0
 

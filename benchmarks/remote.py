@@ -55,10 +55,8 @@ exits 0; a missed target is printed as ``MISS``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -73,7 +71,29 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from benchmarks.random_access import isolate_caches, machine_info, make_corpus, run_in_workdir, write_report
+from benchmarks.common import (
+    REPO_ROOT,
+    Contention,
+    calibrate_count,
+    command_line,
+    conditions,
+    cpu_seconds,
+    default_json,
+    git_state,
+    isolate_caches,
+    local_only_network,
+    machine_info,
+    make_corpus,
+    mb,
+    print_conditions,
+    rotated,
+    run_all,
+    run_in_workdir,
+    summary,
+    timed,
+    write_report,
+)
+from benchmarks.common import row as result_row
 
 SEQ_LEN = 2048
 BATCH_SIZE = 16
@@ -88,8 +108,7 @@ PREFIX = "stores/bench"
 CONTROL = "/__zarrtok_bench__/stats"
 CREDENTIALS = {"key": "testing", "secret": "testing"}
 SEED = 4321
-DEFAULT_JSON = os.path.join("benchmarks", "results", "remote.json")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_JSON = default_json("remote")
 
 
 # -- the server (its own process: python -m benchmarks.remote --serve) ---------------------------------
@@ -218,49 +237,6 @@ def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- timing helpers ------------------------------------------------------------------------------------
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Run ``fn`` with the garbage collector off; return its result and the seconds it took."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - t0
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def run_all(fn: Callable[[Any], Any], items: Sequence[Any]) -> float:
-    """Call ``fn`` on every item (GC off); return the seconds it took."""
-    return timed(lambda: [fn(i) for i in items])[1]
-
-
-def calibrate_count(fn: Callable[[Any], Any], pool: Sequence[Any], seconds: float, *, minimum: int = 8) -> int:
-    """How many items of ``pool`` (from the start) ``fn`` gets through in about ``seconds``."""
-    n = minimum
-    while True:
-        sec = run_all(fn, pool[:n])
-        if sec >= 0.2 * seconds or n >= len(pool):
-            return max(minimum, min(len(pool), int(n * seconds / sec)))
-        n = min(len(pool), n * 4)
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    med = statistics.median(values)
-    return {"median": med, "min": min(values), "max": max(values),
-            "spread": (max(values) - min(values)) / med if med else 0.0}
-
-
-def rotated(names: Sequence[str], r: int) -> list[str]:
-    shift = r % len(names)
-    return list(names[shift:]) + list(names[:shift])
-
-
-def mb(nbytes: float) -> float:
-    return nbytes / 1e6
-
-
 # -- (d) link ceiling ----------------------------------------------------------------------------------
 def chunk_objects(fs: Any, store: Any, split: str = "train") -> list[tuple[str, int]]:
     """``(path, size)`` of every chunk object of the split's token arrays, in stream order."""
@@ -403,23 +379,6 @@ def bench_random(server: MotoServer, url: str, opts: dict[str, Any], store_local
 
 
 # -- (b)/(c) DataLoader epochs -------------------------------------------------------------------------
-def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds (user + system) used so far by this process, and by its waited-for children."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes on the machine have used since boot (from /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 def run_epoch(store: Any, epoch: int) -> tuple[int, int, float, float, tuple[float, float]]:
     """One shuffled epoch through a fresh DataLoader: (batches, checksum, seconds, seconds to the first
     batch, (CPU seconds of this process, CPU seconds of the workers))."""
@@ -539,18 +498,6 @@ def publish(local_path: str, url: str, opts: dict[str, Any]) -> float:
     return time.perf_counter() - t0
 
 
-def git_state() -> dict[str, Any]:
-    """The commit measured, and whether zarrtok/ had uncommitted changes."""
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
-                                  check=False).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"), "zarrtok_dirty": bool(git("status", "--porcelain", "--", "zarrtok"))}
-
-
 # -- report --------------------------------------------------------------------------------------------
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
@@ -632,15 +579,22 @@ def print_report(rep: dict[str, Any]) -> list[str]:
     return [row[0].split(":")[0].split(" (")[0] for row in rows if row[4] is False]
 
 
-def print_conditions(machine: dict[str, Any], contention: dict[str, Any]) -> None:
-    """The load averages around the run and the CPU other processes took during it."""
-    print("load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-        *machine["load_average_before"], *machine["load_average"]))
-    c = contention
-    if c["other_processes_cpu_seconds"] is not None:
-        print(f"other processes used {c['other_processes_cpu_seconds']:.0f} CPU-s during the run "
-              f"({c['other_processes_share']:.0%} of the machine; this run used {c['own_cpu_seconds']:.0f} CPU-s "
-              f"in {c['wall_seconds']:.0f}s)")
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's result rows: (a) range mode vs zarr, (b)/(c) cold S3 epoch vs local, (b) bytes per epoch."""
+    ra, ld, d = report["random_access"], report["loader"], report["data"]
+    cond = conditions(report, tokens=d["tokens"], chunk_size=d["chunk_size"], seq_len=SEQ_LEN, batch_size=BATCH_SIZE,
+                      contention=report["contention"])
+    bytes_ratio = ld["cold_bytes_per_epoch"] / (d["tokens"] * 2)
+    return [
+        result_row("remote", "(a) range mode windows/s vs zarr __getitem__", ra["ratio"], reference="zarr __getitem__",
+                   target=f">= {TARGET_RANGE_RATIO:g}x", ok=ra["ratio"] >= TARGET_RANGE_RATIO, conditions=cond),
+        result_row("remote", "(b)/(c) cold S3 epoch vs local epoch, batches/s", ld["ratio_cold_to_local"],
+                   reference="local epoch", target=f">= {TARGET_LOADER_RATIO:g}x",
+                   ok=ld["ratio_cold_to_local"] >= TARGET_LOADER_RATIO, conditions=cond),
+        result_row("remote", "(b) bytes per epoch vs the split's token bytes", bytes_ratio,
+                   reference="the split's token bytes", target=f"<= {TARGET_BYTES_RATIO:g}x",
+                   ok=bytes_ratio <= TARGET_BYTES_RATIO, conditions=cond),
+    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -671,9 +625,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     isolate_caches(workdir)
-    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"  # only ever talk to 127.0.0.1
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        os.environ.pop(var, None)
+    local_only_network()  # only ever talk to 127.0.0.1
     import moto
     import s3fs
 
@@ -681,7 +633,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    busy_before, own_before = machine_busy_seconds(), sum(cpu_seconds())
+    contention = Contention()
     print(f"workdir {workdir}; target {args.tokens:,} tokens", flush=True)
     data_path, tok_dir, corpus = make_corpus(workdir, args.tokens)
     local_path = os.path.join(workdir, "store-local")
@@ -720,18 +672,15 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
               f"{ld['cold_bytes_ratio']:.3f}x the split's bytes", flush=True)
         server_totals = server.stats()
     # the server has exited and been waited for: its CPU is in our children's now
-    busy, own = machine_busy_seconds(), sum(cpu_seconds()) - own_before
-    wall = time.perf_counter() - t_start
-    others = None if busy is None or busy_before is None else max(0.0, busy - busy_before - own)
+    contended = contention.stop()
 
     return {
         "benchmark": "remote",
-        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.remote", *sys.argv[1:]]),
+        "command": command_line("remote"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_state(),
         "machine": {**machine_info(), "load_average_before": load_before},
-        "contention": {"wall_seconds": wall, "own_cpu_seconds": own, "other_processes_cpu_seconds": others,
-                       "other_processes_share": None if others is None else others / (wall * (os.cpu_count() or 1))},
+        "contention": contended,
         "versions": {"s3fs": s3fs.__version__, "moto": moto.__version__},
         "settings": {
             "tokens_target": args.tokens, "chunk_size": chunk_size, "seq_len": SEQ_LEN, "batch_size": BATCH_SIZE,
@@ -761,6 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = print_report(report)
     print_conditions(report["machine"], report["contention"])
     print("\nMISS: " + ", ".join(missed) if missed else "\nall targets met")
+    report["rows"] = rows(report)
     write_report(report, args.json)
     return 0
 
