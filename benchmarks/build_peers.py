@@ -20,7 +20,7 @@ Method
    ``!`` ends; commas, semicolons, colons, line breaks) and paragraphs (``\\n\\n``); none is empty.
    Drawn with numpy in blocks of 2,000 documents, each from ``default_rng([seed, block])``, so a
    smaller corpus is a prefix of a larger one.
-2. **Tokenizer**: ``zarrtok.demo.train_tokenizer`` (a GPT-2-style byte-level BPE, EOS
+2. **Tokenizer**: ``zarrtok.testing.corpus.train_tokenizer`` (a GPT-2-style byte-level BPE, EOS
    ``<|endoftext|>``) with ``vocab_size=8192`` on the corpus's first ~4 MB of documents (the same for
    every size); every contender writes ``uint16`` tokens.
 3. **Contenders**, each with ``num_workers`` 1 and 2:
@@ -43,11 +43,11 @@ Method
      then per split an ``np.memmap(f"{split}.bin", dtype=np.uint16, mode="w+")`` filled in
      ``min(1024, len(split))`` batches of ``dset.shard(num_shards=..., index=i,
      contiguous=True).with_format("numpy")``. ``num_proc=None`` when ``w == 1`` (as datasets wants).
-   * ``litdata`` (0.2.76): ``optimize(fn=litdata_tokenize, inputs=[...], output_dir=out,
+   * ``litdata`` (0.2.76): ``optimize(fn=tokenize_jsonl, inputs=[...], output_dir=out,
      chunk_bytes="64MB", item_loader=TokensLoader(), num_workers=w, verbose=False)``; an input is a
      ~4 MB byte range of the JSONL cut at line ends (computed inside the timed region);
-     ``litdata_tokenize`` loads the tokenizer once per worker process (a module global), encodes
-     the range's documents in batches of 1,000 (``tok(texts, add_special_tokens=False)``) and yields
+     ``tokenize_jsonl`` (``benchmarks/peers/litdata.py``) loads the tokenizer once per worker process
+     (a module global), encodes the range's documents in batches of 1,000 (``tok(texts, add_special_tokens=False)``) and yields
      one ``uint16`` array (ids + EOS) per document. No split.
 
    Every contender uses the default thread settings of the libraries (``TOKENIZERS_PARALLELISM``
@@ -112,8 +112,12 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_JSON = os.path.join("benchmarks", "results", "build_peers.json")
+from benchmarks import common
+from benchmarks.common import REPO_ROOT
+from benchmarks.peers import archai, nanogpt
+from benchmarks.peers import litdata as litpeer
+
+DEFAULT_JSON = common.default_json("build_peers")
 
 CONTENDERS = ("zarrtok", "archai", "nanogpt", "litdata")
 WORKERS = (1, 2)
@@ -140,10 +144,8 @@ VOCAB_SIZE = 8192
 TOKENIZER_SAMPLE_BYTES = 4_000_000
 
 # contenders
-NANOGPT_TEST_SIZE, NANOGPT_SEED, NANOGPT_BATCHES = 0.0005, 2357, 1024
-LIT_INPUT_BYTES = 4_000_000
-LIT_CHUNK_BYTES = "64MB"
-LIT_ENCODE_BATCH = 1000
+NANOGPT_TEST_SIZE, NANOGPT_BATCHES = nanogpt.TEST_SIZE, nanogpt.BATCHES  # benchmarks/peers/nanogpt.py
+LIT_INPUT_BYTES, LIT_CHUNK_BYTES = litpeer.JSONL_INPUT_BYTES, litpeer.JSONL_CHUNK_BYTES  # benchmarks/peers/litdata.py
 
 # measurement
 PSS_INTERVAL = 0.1
@@ -274,7 +276,7 @@ def make_tokenizer(workdir: str, seed: int = SEED) -> tuple[str, dict[str, Any]]
     info = {"path": tok_dir, "vocab_size": VOCAB_SIZE, "sample_bytes_target": TOKENIZER_SAMPLE_BYTES}
     if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
         return tok_dir, {**info, "reused": True}
-    from zarrtok.demo import train_tokenizer
+    from zarrtok.testing.corpus import train_tokenizer
 
     t0 = time.perf_counter()
     sample: list[str] = []
@@ -303,99 +305,6 @@ def build_zarrtok(data: str, tok_dir: str, out: str, workers: int) -> dict[str, 
     return {"encoder": store.manifest.encoder}
 
 
-def build_archai(data: str, tok_dir: str, out: str, workers: int) -> dict[str, Any]:
-    from archai.datasets.nlp.fast_hf_dataset_provider import FastHfDatasetProvider
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    FastHfDatasetProvider.from_hub("json", data_files=data, tokenizer=tok, mapping_column_name=["text"],
-                                   num_workers=workers, cache_dir=out)
-    return {}
-
-
-def build_nanogpt(data: str, tok_dir: str, out: str, workers: int) -> dict[str, Any]:
-    """nanoGPT's data/openwebtext/prepare.py, with our HF tokenizer in place of tiktoken's GPT-2."""
-    from datasets import load_dataset
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    eot = tok.eos_token_id
-    num_proc = workers if workers > 1 else None
-    dataset = load_dataset("json", data_files=data, num_proc=num_proc)
-    split_dataset = dataset["train"].train_test_split(test_size=NANOGPT_TEST_SIZE, seed=NANOGPT_SEED, shuffle=True)
-    split_dataset["val"] = split_dataset.pop("test")
-
-    def process(example: dict[str, Any]) -> dict[str, Any]:
-        ids = tok.encode(example["text"], add_special_tokens=False)  # encode_ordinary ignores special tokens
-        ids.append(eot)
-        return {"ids": ids, "len": len(ids)}
-
-    tokenized = split_dataset.map(process, remove_columns=["text"], desc="tokenizing the splits", num_proc=num_proc)
-    os.makedirs(out, exist_ok=True)
-    for split, dset in tokenized.items():
-        arr_len = np.sum(dset["len"], dtype=np.uint64)
-        arr = np.memmap(os.path.join(out, f"{split}.bin"), dtype=np.uint16, mode="w+", shape=(arr_len,))
-        total_batches = min(NANOGPT_BATCHES, len(dset))
-        idx = 0
-        for batch_idx in range(total_batches):
-            batch = dset.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format("numpy")
-            arr_batch = np.concatenate(batch["ids"])
-            arr[idx: idx + len(arr_batch)] = arr_batch
-            idx += len(arr_batch)
-        arr.flush()
-    return {"batches": NANOGPT_BATCHES}
-
-
-_LIT_TOKENIZER: Any = None
-
-
-def litdata_tokenize(job: tuple[str, str, int, int]) -> Iterator[np.ndarray]:
-    """optimize() fn: the documents of bytes ``[start, end)`` of the JSONL, one ``uint16`` array (ids + EOS) each."""
-    global _LIT_TOKENIZER
-    path, tok_dir, start, end = job
-    if _LIT_TOKENIZER is None:  # once per worker process
-        from transformers import AutoTokenizer
-
-        _LIT_TOKENIZER = AutoTokenizer.from_pretrained(tok_dir)
-    tok = _LIT_TOKENIZER
-    eos = tok.eos_token_id
-    with open(path, "rb") as f:
-        f.seek(start)
-        texts = [json.loads(line)["text"] for line in f.read(end - start).splitlines()]
-    for i in range(0, len(texts), LIT_ENCODE_BATCH):
-        for ids in tok(texts[i:i + LIT_ENCODE_BATCH], add_special_tokens=False)["input_ids"]:
-            ids.append(eos)
-            yield np.asarray(ids, dtype=np.uint16)
-
-
-def jsonl_ranges(path: str, piece: int) -> list[tuple[int, int]]:
-    """Byte ranges of about ``piece`` bytes covering ``path``, each ending at a line end."""
-    size = os.path.getsize(path)
-    ranges, start = [], 0
-    with open(path, "rb") as f:
-        while start < size:
-            if start + piece >= size:
-                end = size
-            else:
-                f.seek(start + piece)
-                f.readline()
-                end = f.tell()
-            ranges.append((start, end))
-            start = end
-    return ranges
-
-
-def build_litdata(data: str, tok_dir: str, out: str, workers: int) -> dict[str, Any]:
-    from litdata import TokensLoader, optimize
-
-    from benchmarks.build_peers import litdata_tokenize  # pickled by module name for the spawned workers
-
-    inputs = [(data, tok_dir, a, b) for a, b in jsonl_ranges(data, LIT_INPUT_BYTES)]
-    optimize(fn=litdata_tokenize, inputs=inputs, output_dir=out, chunk_bytes=LIT_CHUNK_BYTES,
-             item_loader=TokensLoader(), num_workers=workers, verbose=False)
-    return {"inputs": len(inputs), "chunk_bytes": LIT_CHUNK_BYTES}
-
-
 def read_zarrtok(out: str) -> dict[str, np.ndarray]:
     import zarrtok
 
@@ -403,35 +312,17 @@ def read_zarrtok(out: str) -> dict[str, np.ndarray]:
     return {split: np.asarray(store.tokens(split)) for split in store.splits}
 
 
-def read_archai(out: str) -> dict[str, np.ndarray]:
-    return {split: np.load(os.path.join(out, f"{split}.npy"), mmap_mode="r")
-            for split in ("train", "validation", "test")}
+def build_archai(data: str, tok_dir: str, out: str, workers: int) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    archai.from_hub(data, AutoTokenizer.from_pretrained(tok_dir), out, workers)
+    return {}
 
 
-def read_nanogpt(out: str) -> dict[str, np.ndarray]:
-    return {split: np.memmap(os.path.join(out, f"{split}.bin"), dtype=np.uint16, mode="r")
-            for split in ("train", "val")}
-
-
-def read_litdata(out: str) -> dict[str, np.ndarray]:
-    """All tokens of litdata's chunks (``no_header_numpy``: a uint32 header [n, n+1 offsets], then the items)."""
-    with open(os.path.join(out, "index.json")) as f:
-        index = json.load(f)
-    assert index["config"]["data_format"] == ["no_header_numpy:5"], index["config"]["data_format"]  # 5 = uint16
-    parts = []
-    for chunk in index["chunks"]:
-        raw = np.fromfile(os.path.join(out, chunk["filename"]), dtype=np.uint8)
-        n = int(raw[:4].view(np.uint32)[0])
-        offsets = raw[4:4 * (n + 2)].view(np.uint32)
-        tokens = raw[offsets[0]:offsets[-1]].view(np.uint16)
-        if len(tokens) != chunk["dim"]:
-            raise AssertionError(f"{chunk['filename']}: {len(tokens)} tokens, index.json says {chunk['dim']}")
-        parts.append(tokens)
-    return {"all": np.concatenate(parts) if parts else np.zeros(0, np.uint16)}
-
-
-BUILDERS = {"zarrtok": build_zarrtok, "archai": build_archai, "nanogpt": build_nanogpt, "litdata": build_litdata}
-READERS = {"zarrtok": read_zarrtok, "archai": read_archai, "nanogpt": read_nanogpt, "litdata": read_litdata}
+BUILDERS = {"zarrtok": build_zarrtok, "archai": build_archai, "nanogpt": nanogpt.prepare,
+            "litdata": litpeer.optimize_jsonl}
+READERS = {"zarrtok": read_zarrtok, "archai": archai.read_splits, "nanogpt": nanogpt.read_splits,
+           "litdata": litpeer.read_all_tokens}
 
 
 def _import_libraries(contender: str) -> None:
@@ -452,8 +343,7 @@ def run_one(contender: str, workers: int, data: str, tok_dir: str, rundir: str) 
     """Child process: one build in ``rundir``; prints MARK_BUILT when the build returns, then reads it back."""
     os.chdir(rundir)
     _import_libraries(contender)
-    with open("/proc/self/smaps_rollup") as f:
-        pss_imports_mb = next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
+    pss_imports_mb = common.own_pss_mb()
     out = os.path.join(rundir, "output")
     t0 = time.perf_counter()
     extra = BUILDERS[contender](data, tok_dir, out, workers)
@@ -567,8 +457,6 @@ def child_env(rundir: str) -> dict[str, str]:
 
 def measure(contender: str, workers: int, data: str, tok_dir: str, rundir: str, log_path: str) -> dict[str, Any]:
     """Run one build in a fresh child process and sample its process tree until it reports the build done."""
-    from benchmarks.build_speed import PeakMemory
-
     shutil.rmtree(rundir, ignore_errors=True)
     os.makedirs(rundir)
     env = child_env(rundir)
@@ -578,7 +466,7 @@ def measure(contender: str, workers: int, data: str, tok_dir: str, rundir: str, 
         t0 = time.perf_counter()
         disk = PeakDisk(rundir)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO_ROOT)
-        memory = PeakMemory(proc.pid, interval=PSS_INTERVAL)
+        memory = common.PeakMemory(proc.pid, interval=PSS_INTERVAL)
         sampled: dict[str, Any] | None = None
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -656,35 +544,41 @@ def check_tokens(runs: list[dict[str, Any]], corpora: dict[int, dict[str, Any]])
     return checks
 
 
-def targets(summary: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
+def rows(summary: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """The suite's result rows (targets on the largest corpus; the nanoGPT / litdata ratios informational)."""
     big, small = max(sizes), min(sizes)
     get = {(s["size_mb"], s["contender"], s["workers"]): s for s in summary}
     out = []
+    rounds = get[(big, "zarrtok", WORKERS[0])]["rounds"]
+
+    def add(measure: str, value: float, reference: str, workers: int, target: str | None = None,
+            ok: bool | None = None, size: int = big) -> None:
+        out.append(common.row("build_peers", measure, value, reference=reference, target=target, ok=ok,
+                              conditions={"size_mb": size, "workers": workers, "rounds": rounds}))
+
     for w in WORKERS:
         z, a = get[(big, "zarrtok", w)], get[(big, "archai", w)]
-        out.append({"measure": f"{big} MB {w}w: tokens/s zarrtok / archai", "value": z["speed_vs_archai"],
-                    "target": f">= {TARGET_SPEED:g}x", "pass": z["speed_vs_archai"] >= TARGET_SPEED})
+        add(f"{big} MB {w}w: tokens/s zarrtok / archai", z["speed_vs_archai"], "archai", w,
+            f">= {TARGET_SPEED:g}x", z["speed_vs_archai"] >= TARGET_SPEED)
         ratio = z["peak_pss_mb"] / a["peak_pss_mb"]
-        out.append({"measure": f"{big} MB {w}w: peak PSS zarrtok / archai", "value": ratio,
-                    "target": f"<= {TARGET_PSS:g}x", "pass": ratio <= TARGET_PSS})
+        add(f"{big} MB {w}w: peak PSS zarrtok / archai", ratio, "archai", w, f"<= {TARGET_PSS:g}x",
+            ratio <= TARGET_PSS)
     for w in WORKERS:
         if big != small:
             flat = get[(big, "zarrtok", w)]["peak_pss_mb"] / get[(small, "zarrtok", w)]["peak_pss_mb"]
-            out.append({"measure": f"{w}w: zarrtok peak PSS {big} MB / {small} MB (flat)", "value": flat,
-                        "target": f"<= {TARGET_FLAT:g}x", "pass": flat <= TARGET_FLAT})
+            add(f"{w}w: zarrtok peak PSS {big} MB / {small} MB (flat)", flat, f"zarrtok, {small} MB", w,
+                f"<= {TARGET_FLAT:g}x", flat <= TARGET_FLAT)
     for w in WORKERS:
         z = get[(big, "zarrtok", w)]
-        out.append({"measure": f"{big} MB {w}w: zarrtok peak disk / output", "value": z["peak_disk_over_output"],
-                    "target": f"<= {TARGET_DISK:g}x", "pass": z["peak_disk_over_output"] <= TARGET_DISK})
-        out.append({"measure": f"{big} MB {w}w: zarrtok peak disk w/o datasets cache / output",
-                    "value": z["peak_disk_without_hf_over_output"], "target": None, "pass": None})
+        add(f"{big} MB {w}w: zarrtok peak disk / output", z["peak_disk_over_output"], "output bytes", w,
+            f"<= {TARGET_DISK:g}x", z["peak_disk_over_output"] <= TARGET_DISK)
+        add(f"{big} MB {w}w: zarrtok peak disk w/o datasets cache / output", z["peak_disk_without_hf_over_output"],
+            "output bytes", w)
     for peer in ("nanogpt", "litdata"):
         for w in WORKERS:
             z, p = get[(big, "zarrtok", w)], get[(big, peer, w)]
-            out.append({"measure": f"{big} MB {w}w: tokens/s zarrtok / {peer}",
-                        "value": z["tokens_per_second"] / p["tokens_per_second"], "target": None, "pass": None})
-            out.append({"measure": f"{big} MB {w}w: peak PSS zarrtok / {peer}",
-                        "value": z["peak_pss_mb"] / p["peak_pss_mb"], "target": None, "pass": None})
+            add(f"{big} MB {w}w: tokens/s zarrtok / {peer}", z["tokens_per_second"] / p["tokens_per_second"], peer, w)
+            add(f"{big} MB {w}w: peak PSS zarrtok / {peer}", z["peak_pss_mb"] / p["peak_pss_mb"], peer, w)
     return out
 
 
@@ -695,9 +589,7 @@ def warm_page_cache(path: str) -> None:
 
 
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    from benchmarks.random_access import isolate_caches
-
-    isolate_caches(workdir)  # the parent's own tokenizer training; every child gets fresh caches of its own
+    common.isolate_caches(workdir)  # the parent's own tokenizer training; every child gets fresh caches of its own
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     print(f"workdir {workdir}; sizes {args.sizes_mb} MB, workers {list(WORKERS)}, {args.rounds} round(s)", flush=True)
@@ -737,14 +629,12 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     import transformers
     import wordfreq
 
-    from benchmarks.random_access import machine_info
-
     return {
         "benchmark": "build_peers",
-        "targets": targets(summary, args.sizes_mb),
-        "command": " ".join([".venv-peers/bin/python", "-m", "benchmarks.build_peers", *sys.argv[1:]]),
+        "rows": rows(summary, args.sizes_mb),
+        "command": common.command_line("build_peers", ".venv-peers/bin/python"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {**machine_info(), "load_average_before": load_before, "archai": "1.0.0",
+        "machine": {**common.machine_info(), "load_average_before": load_before, "archai": archai.VERSION,
                     "litdata": litdata.__version__, "datasets": datasets.__version__,
                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                     "wordfreq": getattr(wordfreq, "__version__", None)},
@@ -767,8 +657,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
           f"zarrtok {m['zarrtok']}, archai 1.0.0, litdata {m['litdata']}, datasets {m['datasets']}, "
           f"transformers {m['transformers']}")
-    print("load average before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-        *m["load_average_before"], *m["load_average"]))
+    common.print_load(m, "load average")
     def mb(n: float) -> str:
         return f"{n / 1e6:,.0f} MB"
 
@@ -807,9 +696,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  equal totals: {c['equal_totals']}, equal id histograms: {c['equal_histograms']}, "
               f"one EOS per document: {c['one_eos_per_document']}, all uint16: {c['all_uint16']}")
     print("\ntargets:")
-    for t in report["targets"]:
-        verdict = "" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
-        print(f"  {t['measure']:<58} {t['value']:>7.2f}x  {t['target'] or '':>8}  {verdict}")
+    for t in report["rows"]:
+        print(f"  {t['measure']:<58} {t['value']:>7.2f}x  {t['target'] or '':>8}  {t['result'] or ''}")
     if not report["checks"]["ok"]:
         print("\nTOKEN MISMATCH between contenders: see 'checks' in the JSON")
 
@@ -838,11 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         contender, workers, data, tok_dir, rundir = args.one
         print(MARK_RESULT + json.dumps(run_one(contender, int(workers), data, tok_dir, rundir)), flush=True)
         return 0
-    from benchmarks.random_access import run_in_workdir, write_report
-
-    report = run_in_workdir(run, args, "zarrtok-build-peers-")
+    report = common.run_in_workdir(run, args, "zarrtok-build-peers-")
     print_report(report)
-    write_report(report, args.json)
+    common.write_report(report, args.json)
     return 0 if report["checks"]["ok"] else 1
 
 

@@ -55,10 +55,8 @@ Targets: zarrtok >= 0.9x raw_memmap for single windows; zarrtok's DataLoader >= 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -67,15 +65,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.random_access import (
-    MemmapWindows,
+from benchmarks import common
+from benchmarks.common import (
     compare,
     isolate_caches,
     machine_info,
     make_corpus,
+    print_load,
     run_in_workdir,
     write_report,
 )
+from benchmarks.peers import archai
+from benchmarks.peers import litdata as litpeer
+from benchmarks.peers.nanogpt import MemmapWindows
 
 SEQ_LEN = 2048
 BATCH_SIZE = 16
@@ -86,77 +88,14 @@ LIT_CHUNK_BLOCKS = 8012          # chunk_size = 8012 * (L+1) tokens, as in litda
 TARGET_SINGLE = 0.9              # zarrtok / raw_memmap, single windows
 TARGET_LOADER = 1.5              # zarrtok DataLoader / archai and / litdata
 WARMUP_BATCHES = 20
-DEFAULT_JSON = os.path.join("benchmarks", "results", "local_read.json")
+DEFAULT_JSON = common.default_json("local_read")
 
 
 # -- picklable helpers (litdata workers, DataLoader workers) ------------------------------------------
-def to_pair(block: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """litdata's ``uint16`` block of ``L+1`` tokens -> the others' ``(x[:-1], x[1:])`` int64 tensors."""
-    x = torch.from_numpy(np.asarray(block).astype(np.int64))
-    return x[:-1], x[1:]
-
-
-def lit_pieces(job: tuple[str, str, int, int]):
-    """optimize() fn: yield tokens ``[a, b)`` of the flat dump in pieces (TokensLoader concatenates them)."""
-    path, dtype, a, b = job
-    mm = np.memmap(path, dtype=dtype, mode="r")
-    step = LIT_PIECE_BLOCKS * (SEQ_LEN + 1)
-    for s in range(a, b, step):
-        yield np.array(mm[s:min(s + step, b)])
-
-
 # -- construction -----------------------------------------------------------------------------------
-def build_litdata(raw_path: str, dtype: np.dtype, n_tokens: int, out: str) -> float:
-    from litdata import TokensLoader, optimize
-
-    block = SEQ_LEN + 1
-    span = 8 * LIT_PIECE_BLOCKS * block  # one input = 8 pieces; the order of inputs is the stream order
-    jobs = [(raw_path, np.dtype(dtype).str, a, min(a + span, n_tokens)) for a in range(0, n_tokens, span)]
-    t0 = time.perf_counter()
-    optimize(fn=lit_pieces, inputs=jobs, output_dir=out, chunk_size=LIT_CHUNK_BLOCKS * block,
-             item_loader=TokensLoader(), num_workers=1, mode="overwrite")
-    return time.perf_counter() - t0
-
-
 def lit_dataset(out: str, *, shuffle: bool = False):
-    from litdata import StreamingDataset, TokensLoader
-
-    return StreamingDataset(input_dir=out, item_loader=TokensLoader(block_size=SEQ_LEN + 1),
-                            shuffle=shuffle, transform=to_pair)
-
-
-def lit_chunk_starts(out: str) -> tuple[np.ndarray, np.ndarray]:
-    """(first window index, first token offset) of every chunk, in litdata's order (index.json)."""
-    with open(os.path.join(out, "index.json")) as f:
-        chunks = json.load(f)["chunks"]
-    dims = np.array([c["dim"] for c in chunks], dtype=np.int64)
-    windows = dims // (SEQ_LEN + 1)
-    return np.concatenate([[0], np.cumsum(windows)]), np.concatenate([[0], np.cumsum(dims)])
-
-
-ARCHAI_SCRIPT = r"""
-import os, sys, time, json
-data, tok_dir, cache = sys.argv[1:4]
-import datasets, transformers
-datasets.disable_progress_bars()
-from archai.datasets.nlp.fast_hf_dataset_provider import FastHfDatasetProvider
-tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
-t0 = time.perf_counter()
-FastHfDatasetProvider.from_hub("json", data_files=data, tokenizer=tok, mapping_column_name=["text"],
-    validation_split=0.0, num_workers=2, use_shared_memory=False, cache_dir=cache)
-print(json.dumps({"seconds": time.perf_counter() - t0}))
-"""
-
-
-def build_archai_cache(workdir: str, data_path: str, tok_dir: str) -> dict[str, Any]:
-    """Archai's own ``from_hub`` in a subprocess with a fresh ``HF_DATASETS_CACHE``."""
-    cache = os.path.join(workdir, "archai_cache")
-    env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(workdir, "hf-archai"), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", ARCHAI_SCRIPT, data_path, tok_dir, cache], env=env,
-                          capture_output=True, text=True, cwd=workdir, check=False)  # cwd: archai writes archai.log there
-    if proc.returncode != 0:
-        raise RuntimeError(f"archai from_hub failed:\n{proc.stderr[-3000:]}")
-    return {"cache_dir": cache, "seconds": json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]}
+    """litdata's view of the same tokens: blocks of ``L+1``, as ``(inputs, labels)`` pairs."""
+    return litpeer.tokens_dataset(out, SEQ_LEN + 1, shuffle=shuffle, transform=litpeer.to_pair)
 
 
 # -- checks -----------------------------------------------------------------------------------------
@@ -168,7 +107,7 @@ def check_windows(ref: MemmapWindows, others: dict[str, Any], lit: Any, flat: np
             c, d = ds[i]
             if not (torch.equal(a, c) and torch.equal(b, d) and c.dtype == torch.int64):
                 raise AssertionError(f"window {i}: {name} differs from raw_memmap")
-    win0, tok0 = lit_chunk_starts(lit_out)
+    win0, tok0 = litpeer.chunk_starts(lit_out, SEQ_LEN + 1)
     assert len(lit) == int(win0[-1]), (len(lit), win0[-1])
     rng = np.random.default_rng(SEED + 1)
     probe = sorted(set(rng.integers(0, len(lit), size=200).tolist()) | {0, len(lit) - 1}
@@ -206,8 +145,7 @@ def compare_loaders(loaders: dict[str, Callable[[], Any]], rounds: int) -> dict[
         time_epoch(loaders[name])
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in common.rotated(names, r):
             runs[name].append(time_epoch(loaders[name]))
         print(f"  loader round {r + 1}/{rounds}: " + ", ".join(
             f"{n} {runs[n][-1]['rate']:.0f}" for n in names), flush=True)
@@ -231,16 +169,11 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
     import zarrtok
 
-    cwd = os.getcwd()
-    os.chdir(workdir)  # archai's logger opens "archai.log" in the current directory when imported
-    try:
-        from archai.datasets.nlp.fast_hf_dataset_provider import FastHfDatasetProvider
-        from archai.datasets.nlp.fast_hf_dataset_provider_utils import FastHfDataset
-    finally:
-        os.chdir(cwd)
+    # archai's logger opens "archai.log" in the current directory when imported: in workdir
+    FastHfDatasetProvider, FastHfDataset = archai.import_classes(workdir)
 
     t_start = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = common.load_average()
     print(f"workdir {workdir}; target {args.tokens:,} tokens", flush=True)
     data_path, tok_dir, corpus = make_corpus(workdir, args.tokens)
     print(f"corpus: {corpus['documents']:,} documents, {corpus['jsonl_bytes'] / 2**20:.0f} MiB JSONL", flush=True)
@@ -257,18 +190,14 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     print(f"zarrtok store: {len(flat):,} tokens {dtype} ({build_s:.1f}s)", flush=True)
 
     lit_out = os.path.join(workdir, "litdata")
-    # In a subprocess: optimize() sets the global multiprocessing start method to "spawn", which would
-    # make every later DataLoader spawn (re-import everything in) its workers.
-    code = ("import sys; from benchmarks.local_read import build_litdata; "
-            "print(build_litdata(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))")
-    proc = subprocess.run([sys.executable, "-c", code, raw_path, np.dtype(dtype).str, str(len(flat)), lit_out],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"litdata optimize failed:\n{proc.stderr[-3000:]}")
-    lit_s = float(proc.stdout.strip().splitlines()[-1])
+    block = SEQ_LEN + 1  # in a subprocess: optimize() would make every later DataLoader spawn its workers
+    lit_s = litpeer.optimize_flat_in_subprocess(
+        raw_path, dtype, len(flat), lit_out, chunk_tokens=LIT_CHUNK_BLOCKS * block,
+        input_tokens=8 * LIT_PIECE_BLOCKS * block,  # one input = 8 pieces; the order of inputs is the stream order
+        piece_tokens=LIT_PIECE_BLOCKS * block)
     print(f"litdata optimize: {lit_s:.1f}s", flush=True)
 
-    archai_info = build_archai_cache(workdir, data_path, tok_dir)
+    archai_info = archai.build_cache_in_subprocess(workdir, data_path, tok_dir)
     own = FastHfDatasetProvider.from_cache(archai_info["cache_dir"])
     own_tokens = [np.load(getattr(own, f"{s}_file"), mmap_mode="r") for s in ("train", "validation", "test")]
     counts = sum(np.bincount(np.asarray(t), minlength=65536) for t in own_tokens)
@@ -334,20 +263,23 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     loader_results = compare_loaders(loaders, args.loader_rounds)
 
     single_ratio = single["ratio_to_reference"]["zarrtok"]
-    targets = [{"measure": "(a) random windows/s, zarrtok vs raw np.memmap", "value": single_ratio,
-                "target": f">= {TARGET_SINGLE}x", "pass": single_ratio >= TARGET_SINGLE}]
+    cond = {"tokens": len(flat), "seq_len": SEQ_LEN, "batch_size": BATCH_SIZE, "num_workers": NUM_WORKERS}
+    rows = [common.row("local_read", "(a) random windows/s, zarrtok vs raw np.memmap", single_ratio,
+                       reference="raw np.memmap", target=f">= {TARGET_SINGLE}x", ok=single_ratio >= TARGET_SINGLE,
+                       conditions={**cond, "rounds": args.rounds})]
     for z in ("zarrtok_loader", "zarrtok_plain"):
         for peer in ("archai", "litdata"):
             ratio = loader_results[z]["median"] / loader_results[peer]["median"]
-            targets.append({"measure": f"(b) DataLoader batches/s, {z} vs {peer}", "value": ratio,
-                            "target": f">= {TARGET_LOADER}x", "pass": ratio >= TARGET_LOADER})
+            rows.append(common.row("local_read", f"(b) DataLoader batches/s, {z} vs {peer}", ratio, reference=peer,
+                                   target=f">= {TARGET_LOADER}x", ok=ratio >= TARGET_LOADER,
+                                   conditions={**cond, "rounds": args.loader_rounds}))
     return {
         "benchmark": "local_read",
-        "targets": targets,
-        "command": " ".join([".venv-peers/bin/python", "-m", "benchmarks.local_read", *sys.argv[1:]]),
+        "rows": rows,
+        "command": common.command_line("local_read", ".venv-peers/bin/python"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {**machine_info(), "load_average_before": load_before,
-                    "litdata": __import__("litdata").__version__, "archai": "1.0.0",
+                    "litdata": litpeer.version(), "archai": archai.VERSION,
                     "mp_start_method": __import__("multiprocessing").get_start_method()},
         "settings": {"tokens_target": args.tokens, "seq_len": SEQ_LEN, "batch_size": BATCH_SIZE,
                      "num_workers": NUM_WORKERS, "rounds": args.rounds, "loader_rounds": args.loader_rounds,
@@ -367,17 +299,12 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     }
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
           f"torch {m['torch']}, numpy {m['numpy']}, zarrtok {m['zarrtok']}, litdata {m['litdata']}, archai 1.0.0, "
           f"DataLoader workers: {m['mp_start_method']}")
-    print("load average before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}".format(
-        *m["load_average_before"], *m["load_average"]))
+    print_load(m, "load average")
     print(f"{report['tokens']:,} train tokens, seq_len {SEQ_LEN}; windows: {report['windows']}")
     s = report["single"]
     print(f"\n(a) random single windows, L={SEQ_LEN}, {s['items_per_round']:,} per round, "
@@ -385,8 +312,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{'contender':<12} {'windows/s':>10} {'vs raw':>7} {'noise':>6}")
     for name, med in s["median"].items():
         print(f"{name:<12} {med:>10,.0f} {s['ratio_to_reference'][name]:>6.2f}x {s['spread'][name]:>5.0%}")
-    r = s["ratio_to_reference"]["zarrtok"]
-    print(f"target zarrtok >= {TARGET_SINGLE}x raw_memmap: {r:.2f}x {verdict(r >= TARGET_SINGLE)}")
+    first = report["rows"][0]
+    print(f"target zarrtok >= {TARGET_SINGLE}x raw_memmap: {first['value']:.2f}x {first['result']}")
     print(f"informational: litdata iterated (shuffle=True, whole epoch) {report['litdata_iterated']['median']:,.0f} "
           f"windows/s")
     lo = report["loader"]
@@ -396,9 +323,9 @@ def print_report(report: dict[str, Any]) -> None:
     for name, x in lo.items():
         print(f"{name:<15} {x['median']:>9,.0f} {x['steady_median']:>7,.0f} {x['batches_per_epoch']:>8} "
               f"{x['spread']:>5.0%} {x['median'] / lo['raw_memmap']['median']:>6.2f}x")
-    for t in report["targets"][1:]:
+    for t in report["rows"][1:]:
         print(f"target {t['measure'][len('(b) DataLoader batches/s, '):]} {t['target']}: {t['value']:.2f}x "
-              f"{verdict(t['pass'])}")
+              f"{t['result']}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -101,11 +101,9 @@ The client, its two workers and the moto server share the machine's cores. The s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -114,8 +112,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.local_read import to_pair
-from benchmarks.random_access import isolate_caches, machine_info, make_corpus, run_in_workdir, write_report
+from benchmarks import common
+from benchmarks.common import (
+    cpu_seconds,
+    git_state,
+    isolate_caches,
+    local_only_network,
+    machine_info,
+    make_corpus,
+    mb,
+    print_conditions,
+    rotated,
+    run_in_workdir,
+    summary,
+    timed,
+    write_report,
+)
+from benchmarks.peers import litdata as litpeer
 from benchmarks.remote import (
     BATCH_SIZE,
     BLOCK_CHUNKS,
@@ -129,16 +142,8 @@ from benchmarks.remote import (
     bench_link,
     build_local,
     chunk_objects,
-    cpu_seconds,
     delta,
-    git_state,
-    machine_busy_seconds,
-    mb,
-    print_conditions,
     publish,
-    rotated,
-    summary,
-    timed,
 )
 
 LIT_PREFIX = "litdata"
@@ -149,58 +154,14 @@ TARGET_VS_LITDATA = 1.0               # zarrtok / litdata epoch tokens/s
 QUICK_TOKENS = 3_000_000
 FULL_TOKENS = 120_000_000
 NAMES = ("zarrtok", "litdata")
-DEFAULT_JSON = os.path.join("benchmarks", "results", "remote_peers.json")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# -- litdata: writing (in a subprocess) ----------------------------------------------------------------
+DEFAULT_JSON = common.default_json("remote_peers")
+# -- litdata: writing (in a subprocess: benchmarks.peers.litdata) -------------------------------------
 def piece_size(chunk_tokens: int) -> int:
     """The largest divisor of ``chunk_tokens`` not above ``MAX_PIECE`` (so pieces fill chunks exactly)."""
     k = -(-chunk_tokens // MAX_PIECE)
     while chunk_tokens % k:
         k += 1
     return chunk_tokens // k
-
-
-def lit_pieces(job: tuple[str, str, int, int, int]):
-    """optimize() fn: tokens ``[a, b)`` of the flat dump, in stream order, in pieces of ``piece`` tokens."""
-    path, dtype, a, b, piece = job
-    mm = np.memmap(path, dtype=dtype, mode="r")
-    for s in range(a, b, piece):
-        yield np.array(mm[s:min(s + piece, b)])
-
-
-def build_litdata(raw_path: str, dtype: str, n_tokens: int, chunk_tokens: int, out: str) -> float:
-    """litdata's ``optimize`` over the flat dump (one worker, so chunks are in stream order); seconds."""
-    from litdata import TokensLoader, optimize
-
-    piece = piece_size(chunk_tokens)
-    jobs = [(raw_path, dtype, a, min(a + chunk_tokens, n_tokens), piece) for a in range(0, n_tokens, chunk_tokens)]
-    t0 = time.perf_counter()
-    optimize(fn=lit_pieces, inputs=jobs, output_dir=out, chunk_size=chunk_tokens, item_loader=TokensLoader(),
-             num_workers=1, mode="overwrite")
-    return time.perf_counter() - t0
-
-
-def optimize_in_subprocess(raw_path: str, dtype: np.dtype, n_tokens: int, chunk_tokens: int, out: str) -> float:
-    code = ("import sys; from benchmarks.remote_peers import build_litdata; "
-            "print(build_litdata(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))")
-    proc = subprocess.run([sys.executable, "-c", code, raw_path, np.dtype(dtype).str, str(n_tokens),
-                           str(chunk_tokens), out], capture_output=True, text=True, check=False, cwd=REPO_ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"litdata optimize failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
-
-
-def lit_layout(out: str) -> dict[str, Any]:
-    """Chunk files, token counts and window starts (in the flat stream) of a litdata TokensLoader dataset."""
-    with open(os.path.join(out, "index.json")) as f:
-        chunks = json.load(f)["chunks"]
-    dims = np.array([c["dim"] for c in chunks], dtype=np.int64)
-    tok0 = np.concatenate([[0], np.cumsum(dims)])
-    starts = np.concatenate([tok0[c] + BLOCK * np.arange(dims[c] // BLOCK, dtype=np.int64) for c in range(len(dims))])
-    return {"files": [c["filename"] for c in chunks], "dims": dims.tolist(), "starts": starts,
-            "chunk_bytes": [int(c["chunk_bytes"]) for c in chunks]}
 
 
 def upload_dir(opts: dict[str, Any], local_dir: str, prefix: str) -> tuple[int, float]:
@@ -223,27 +184,7 @@ def upload_dir(opts: dict[str, Any], local_dir: str, prefix: str) -> tuple[int, 
 
 # -- litdata: reading ----------------------------------------------------------------------------------
 def lit_storage_options(server: MotoServer) -> dict[str, Any]:
-    opts = server.storage_options()
-    return {"endpoint_url": server.url, "aws_access_key_id": opts["key"], "aws_secret_access_key": opts["secret"],
-            "region_name": opts["client_kwargs"]["region_name"]}
-
-
-def patch_litdata_for_http() -> None:
-    """litdata downloads chunks with obstore, whose client options it fixes without ``allow_http``: a
-    plain-http endpoint (moto on 127.0.0.1) fails with ``BadScheme``. Add it (benchmarks/PEERS.md)."""
-    import litdata.streaming.downloader as dl
-
-    dl._OBSTORE_CLIENT_OPTIONS = {**dl._OBSTORE_CLIENT_OPTIONS, "allow_http": True}
-
-
-def lit_collate(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """16 ``uint16`` blocks of ``L+1`` tokens -> int64 ``(inputs, labels)`` views of one ``[16, L+1]``
-    array: the work zarrtok's batch read does (runs in the DataLoader workers)."""
-    out = np.empty((len(items), BLOCK), dtype=np.int64)
-    for i, item in enumerate(items):
-        out[i] = item.numpy() if isinstance(item, torch.Tensor) else item
-    x = torch.from_numpy(out)
-    return x[:, :-1], x[:, 1:]
+    return litpeer.storage_options(server.url, server.storage_options())
 
 
 # -- correctness ---------------------------------------------------------------------------------------
@@ -341,8 +282,7 @@ def lit_pair(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, to
 
 def bench_epochs(server: MotoServer, url: str, lit_url: str, workdir: str, expected: dict[str, Expected],
                  token_bytes: int, args: argparse.Namespace) -> dict[str, Any]:
-    import litdata.streaming.downloader as dl
-    from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+    from litdata import StreamingDataLoader
 
     import zarrtok
     from zarrtok.read import clear_memory_caches
@@ -355,12 +295,12 @@ def bench_epochs(server: MotoServer, url: str, lit_url: str, workdir: str, expec
             store = zarrtok.open(url, storage_options=opts, reader_options={"mode": "cache", "cache_dir": cache})
             return store.dataloader("train", SEQ_LEN, BATCH_SIZE, shuffle="chunk", seed=0, epoch=r,
                                     block_chunks=BLOCK_CHUNKS, num_workers=NUM_WORKERS, remainder="partial"), zarrtok_pair
-        ds = StreamingDataset(input_dir=lit_url, item_loader=TokensLoader(block_size=BLOCK), shuffle=True, seed=r,
-                              cache_dir=cache, storage_options=lopts)
-        return StreamingDataLoader(ds, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, collate_fn=lit_collate), lit_pair
+        ds = litpeer.tokens_dataset(lit_url, BLOCK, shuffle=True, seed=r, cache_dir=cache, storage_options=lopts)
+        return StreamingDataLoader(ds, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS,
+                                   collate_fn=litpeer.collate_pairs), lit_pair
 
     def one(name: str, r: int, tag: str) -> dict[str, Any]:
-        if dl._OBSTORE_INIT_PID is not None:
+        if litpeer.obstore_started_here():
             raise RuntimeError("obstore's runtime was started in this process: litdata's workers would use boto3")
         cache = os.path.join(workdir, f"cache-{name}-{tag}")
         before = server.stats()
@@ -421,8 +361,6 @@ def bench_epochs(server: MotoServer, url: str, lit_url: str, workdir: str, expec
 # -- informational: single process ---------------------------------------------------------------------
 def bench_single(server: MotoServer, url: str, lit_url: str, workdir: str, flat: np.ndarray, lit_starts: np.ndarray,
                  args: argparse.Namespace) -> dict[str, Any]:
-    from litdata import StreamingDataset, TokensLoader
-
     import zarrtok
     from zarrtok.read import clear_memory_caches
 
@@ -450,9 +388,9 @@ def bench_single(server: MotoServer, url: str, lit_url: str, workdir: str, flat:
         return len(ds), (ds[i] for i in range(len(ds)))
 
     def litdata_iter(tag: str) -> tuple[int, Any]:
-        ds = StreamingDataset(input_dir=lit_url, item_loader=TokensLoader(block_size=BLOCK), shuffle=False,
-                              cache_dir=os.path.join(workdir, f"single-l-{tag}"), storage_options=lopts)
-        return len(ds), (to_pair(block) for block in ds)  # the same int64 (inputs, labels) pair per window
+        ds = litpeer.tokens_dataset(lit_url, BLOCK, shuffle=False, cache_dir=os.path.join(workdir, f"single-l-{tag}"),
+                                    storage_options=lopts)
+        return len(ds), (litpeer.to_pair(block) for block in ds)  # the same int64 (inputs, labels) pair per window
 
     def consume(windows: Any, keep: set[int]) -> tuple[int, dict[int, Any]]:
         n, kept = 0, {}
@@ -495,22 +433,19 @@ def bench_single(server: MotoServer, url: str, lit_url: str, workdir: str, flat:
 # -- the benchmark -------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     isolate_caches(workdir)
-    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"  # only ever talk to 127.0.0.1
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        os.environ.pop(var, None)
+    local_only_network()  # only ever talk to 127.0.0.1
     os.environ["LITDATA_DISABLE_VERSION_CHECK"] = "1"  # no PyPI lookup from StreamingDataset
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    import litdata
     import moto
     import obstore.store  # noqa: F401  (imported before the workers fork; its runtime starts on first use)
     import s3fs
 
     import zarrtok  # after isolate_caches
 
-    patch_litdata_for_http()
+    litpeer.patch_for_http()
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    busy_before, own_before = machine_busy_seconds(), sum(cpu_seconds())
+    contention = common.Contention()
     print(f"workdir {workdir}; target {args.tokens:,} tokens", flush=True)
     data_path, tok_dir, corpus = make_corpus(workdir, args.tokens)
     local_path = os.path.join(workdir, "store-local")
@@ -528,8 +463,10 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     raw_path = os.path.join(workdir, "train.bin")
     flat.tofile(raw_path)
     lit_out = os.path.join(workdir, "litdata")
-    lit_seconds = optimize_in_subprocess(raw_path, flat.dtype, len(flat), chunk_size, lit_out)
-    layout = lit_layout(lit_out)
+    # one input per chunk, in pieces that fill the chunks exactly
+    lit_seconds = litpeer.optimize_flat_in_subprocess(raw_path, flat.dtype, len(flat), lit_out, chunk_tokens=chunk_size,
+                                                      input_tokens=chunk_size, piece_tokens=piece_size(chunk_size))
+    layout = litpeer.layout(lit_out, BLOCK)
     if sum(layout["dims"]) != len(flat):
         raise AssertionError(f"litdata holds {sum(layout['dims'])} tokens, the store {len(flat)}")
     print(f"litdata optimize: {lit_seconds:.1f}s, {len(layout['dims'])} chunks of {max(layout['dims']):,} tokens "
@@ -557,31 +494,32 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         print(f"epoch: zarrtok/litdata tokens/s {epochs['ratio_tokens_per_s']:.2f}x", flush=True)
         single = bench_single(server, url, lit_url, workdir, flat, layout["starts"], args)
         server_totals = server.stats()
-    busy, own = machine_busy_seconds(), sum(cpu_seconds()) - own_before
-    wall = time.perf_counter() - t_start
-    others = None if busy is None or busy_before is None else max(0.0, busy - busy_before - own)
+    contended = contention.stop()
 
     es = epochs["summary"]
-    targets = [
-        {"measure": "cold S3 epoch tokens/s, zarrtok vs litdata (same bucket)", "value": epochs["ratio_tokens_per_s"],
-         "target": f">= {TARGET_VS_LITDATA:g}x", "pass": epochs["ratio_tokens_per_s"] >= TARGET_VS_LITDATA},
-        {"measure": "zarrtok bytes per epoch vs the split's token bytes",
-         "value": es["zarrtok"]["bytes_ratio_to_token_bytes"], "target": f"<= {TARGET_BYTES_RATIO:g}x",
-         "pass": es["zarrtok"]["bytes_ratio_to_token_bytes"] <= TARGET_BYTES_RATIO},
-        {"measure": "litdata bytes per epoch vs the split's token bytes (info)",
-         "value": es["litdata"]["bytes_ratio_to_token_bytes"], "target": None, "pass": None},
+    cond = {"tokens": len(flat), "chunk_size": chunk_size, "seq_len": SEQ_LEN, "batch_size": BATCH_SIZE,
+            "num_workers": NUM_WORKERS, "rounds": args.rounds, "contention": contended}
+    rows = [
+        common.row("remote_peers", "cold S3 epoch tokens/s, zarrtok vs litdata (same bucket)",
+                   epochs["ratio_tokens_per_s"], reference="litdata", target=f">= {TARGET_VS_LITDATA:g}x",
+                   ok=epochs["ratio_tokens_per_s"] >= TARGET_VS_LITDATA, conditions=cond),
+        common.row("remote_peers", "zarrtok bytes per epoch vs the split's token bytes",
+                   es["zarrtok"]["bytes_ratio_to_token_bytes"], reference="the split's token bytes",
+                   target=f"<= {TARGET_BYTES_RATIO:g}x",
+                   ok=es["zarrtok"]["bytes_ratio_to_token_bytes"] <= TARGET_BYTES_RATIO, conditions=cond),
+        common.row("remote_peers", "litdata bytes per epoch vs the split's token bytes (info)",
+                   es["litdata"]["bytes_ratio_to_token_bytes"], reference="the split's token bytes", conditions=cond),
     ]
     return {
         "benchmark": "remote_peers",
-        "targets": targets,
-        "command": " ".join([".venv-peers/bin/python", "-m", "benchmarks.remote_peers", *sys.argv[1:]]),
+        "rows": rows,
+        "command": common.command_line("remote_peers", ".venv-peers/bin/python"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_state(),
-        "machine_info": {**machine_info(), "load_average_before": load_before, "litdata": litdata.__version__,
+        "machine_info": {**machine_info(), "load_average_before": load_before, "litdata": litpeer.version(),
                          "s3fs": s3fs.__version__, "moto": moto.__version__,
                          "mp_start_method": __import__("multiprocessing").get_start_method()},
-        "contention": {"wall_seconds": wall, "own_cpu_seconds": own, "other_processes_cpu_seconds": others,
-                       "other_processes_share": None if others is None else others / (wall * (os.cpu_count() or 1))},
+        "contention": contended,
         "settings": {"tokens_target": args.tokens, "chunk_size": chunk_size, "seq_len": SEQ_LEN,
                      "batch_size": BATCH_SIZE, "num_workers": NUM_WORKERS, "block_chunks": BLOCK_CHUNKS,
                      "rounds": args.rounds, "round_seconds": args.round_seconds, "link_rounds": args.link_rounds,
@@ -615,10 +553,6 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         "server_totals": server_totals,
         "total_seconds": time.perf_counter() - t_start,
     }
-
-
-def verdict(ok: bool | None) -> str:
-    return "" if ok is None else ("PASS" if ok else "MISS")
 
 
 def print_report(rep: dict[str, Any]) -> list[str]:
@@ -669,9 +603,9 @@ def print_report(rep: dict[str, Any]) -> list[str]:
 
     print("\nmeasure                                                      value    target   result")
     print("-" * 88)
-    for t in rep["targets"]:
-        print(f"{t['measure']:<58} {t['value']:>8.3f}x  {t['target'] or 'info':>7}   {verdict(t['pass'])}")
-    return [t["measure"] for t in rep["targets"] if t["pass"] is False]
+    for t in rep["rows"]:
+        print(f"{t['measure']:<58} {t['value']:>8.3f}x  {t['target'] or 'info':>7}   {t['result'] or ''}")
+    return [t["measure"] for t in rep["rows"] if t["result"] == common.MISS]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -6,7 +6,9 @@
     python -m benchmarks.run --full --only remote scaling
 
 Each suite runs in its own process (``python -m benchmarks.<suite>``) and writes its JSON to
-``benchmarks/results/<suite>.json``; this collects them into ``benchmarks/results/all.json``.
+``benchmarks/results/<suite>.json``, its headline numbers under ``"rows"`` (one schema for every
+suite: ``benchmarks.common.Row``); this prints those rows as one table and collects them into
+``benchmarks/results/all.json``.
 ``local_read``, ``remote_peers`` and ``build_peers`` compare against peer libraries and run with
 ``.venv-peers/bin/python`` (created by ``bash benchmarks/peers_env.sh``); they are skipped when that
 environment does not exist.
@@ -23,8 +25,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from benchmarks.common import RESULTS_DIR as RESULTS
+from benchmarks.common import print_rows
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join("benchmarks", "results")
 PEERS_PYTHON = os.path.join(REPO_ROOT, ".venv-peers", "bin", "python")
 
 #: suite -> (arguments for --quick, arguments for --full)
@@ -52,37 +56,12 @@ def run_suite(name: str, full: bool) -> tuple[int, float, str]:
     return rc, time.perf_counter() - t0, path
 
 
-def _row(suite: str, measure: str, value: float, target: str | None = None, ok: bool | None = None) -> dict[str, Any]:
-    return {"suite": suite, "measure": measure, "value": value, "target": target,
-            "result": None if ok is None else ("PASS" if ok else "MISS")}
-
-
-def summarize(name: str, report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The headline numbers of one suite's JSON (targets where the issue set one)."""
-    rows: list[dict[str, Any]] = []
-    if name == "random_access":
-        for variant in report["variants"]:
-            for res in variant["results"]:
-                ratio = res["single"]["ratio_to_reference"]["zarrtok"]
-                rows.append(_row(name, f"{variant['name']} chunks, seq {res['seq_len']}: windows/s vs np.memmap",
-                                 ratio, ">= 0.9x", ratio >= 0.9))
-    elif name == "remote":
-        ra, ld = report["random_access"], report["loader"]
-        rows.append(_row(name, "(a) range mode windows/s vs zarr __getitem__", ra["ratio"], ">= 3x", ra["ratio"] >= 3))
-        rows.append(_row(name, "(b)/(c) cold S3 epoch vs local epoch, batches/s", ld["ratio_cold_to_local"], ">= 0.8x",
-                         ld["ratio_cold_to_local"] >= 0.8))
-        token_bytes = report["data"]["tokens"] * 2
-        ratio = ld["cold_bytes_per_epoch"] / token_bytes
-        rows.append(_row(name, "(b) bytes per epoch vs the split's token bytes", ratio, "<= 1.1x", ratio <= 1.1))
-    elif name == "build_speed":
-        for k, v in report["ratios"].items():
-            rows.append(_row(name, f"build tokens/s, tiktoken fast path vs HF, {k}", v))
-    elif name == "scaling":
-        for row in report["synthetic"]:
-            rows.append(_row(name, f"{row['tokens']:,} tokens: random windows/s", row["windows_per_second"]))
-            rows.append(_row(name, f"{row['tokens']:,} tokens: bytes per token (raw 2)", row["bytes_per_token"]))
-    for t in report.get("targets", []):  # suites may list their own targets
-        rows.append(_row(name, t["measure"], t["value"], t.get("target"), t.get("pass")))
+def read_rows(name: str, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline rows of one suite's JSON (``report["rows"]``, the schema of ``benchmarks.common.Row``)."""
+    rows = report.get("rows")
+    if rows is None:
+        print(f"{name}: no \"rows\" in its JSON (written by an older version of the suite?)")
+        return []
     return rows
 
 
@@ -105,11 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status[name] = {"exit_code": rc, "seconds": round(seconds, 1)}
         if rc == 0 and os.path.exists(os.path.join(REPO_ROOT, path)):
             with open(os.path.join(REPO_ROOT, path)) as f:
-                rows += summarize(name, json.load(f))
-    print("\nsuite          measure                                                         value      target   result")
-    print("-" * 112)
-    for r in rows:
-        print(f"{r['suite']:<14} {r['measure']:<62} {r['value']:>9.3f}  {r['target'] or '':>8}   {r['result'] or ''}")
+                rows += read_rows(name, json.load(f))
+    print_rows(rows)
     for name, st in status.items():
         print(f"{name}: {st}")
     if args.quick:

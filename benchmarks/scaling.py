@@ -149,7 +149,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     builds = []
     template = None
     for size in build_sizes:
-        data_path, tok_dir, corpus = make_corpus(os.path.join(workdir, f"corpus-{size}"), size)
+        data_path, tok_dir, _corpus = make_corpus(os.path.join(workdir, f"corpus-{size}"), size)
         out = os.path.join(workdir, f"built-{size}")
         t0 = time.perf_counter()
         store = zarrtok.build("json", data_files=data_path, tokenizer_name=tok_dir, output=out, num_workers=2,
