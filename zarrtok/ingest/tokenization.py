@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tokenizers
 import transformers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase  # (AutoTokenizer imports torch: imported when used)
 
 from ..format import dtype_for_max_id
 from ..read.tokenizer import ALLOWED_FILES, tokenizer_json_digest
@@ -32,9 +32,9 @@ def load_tokenizer(tokenizer: Any = None, tokenizer_name: str | os.PathLike | No
     if tokenizer is None and tokenizer_name is None:
         raise ValueError("a tokenizer is required: pass `tokenizer` (an instance) or `tokenizer_name` (name or path)")
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_name))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(os.fspath(tokenizer_name))
     elif isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     elif isinstance(tokenizer, tokenizers.Tokenizer):
         tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer)
     if not isinstance(tokenizer, PreTrainedTokenizerBase):

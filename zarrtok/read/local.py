@@ -79,6 +79,8 @@ class LocalShardReader(ChunkedShardReader):
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens ``[a, b)`` of this shard (a read-only view when inside one chunk). Inlined hot path."""
+        if b <= a:
+            return np.empty(0, dtype=self.dtype)
         c = self.chunk_size
         k = a // c
         if b <= (k + 1) * c:

@@ -218,6 +218,8 @@ class RemoteShardReader(ChunkedShardReader):
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens ``[a, b)`` of this shard."""
+        if b <= a:
+            return np.empty(0, dtype=self.dtype)
         c = self.chunk_size
         k = a // c
         out = np.empty((1, b - a), dtype=self.dtype)

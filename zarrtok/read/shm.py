@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .source import index_tokens
+
 logger = logging.getLogger(__name__)
 
 SEGMENT_PREFIX = "zarrtok"
@@ -125,7 +127,7 @@ class SharedTokens:
         """Nothing to fetch: the tokens are in memory."""
 
     def __getitem__(self, key: Any) -> Any:
-        return self._live()[key]
+        return index_tokens(self, key)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return np.array(self._live(), dtype=dtype or self.dtype)

@@ -10,6 +10,7 @@ the Zarr fallback) implement :class:`ShardReader`; the conformance suite in
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -137,6 +138,8 @@ class ChunkedShardReader:
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Tokens ``[a, b)`` of this shard (a read-only view when inside one chunk)."""
+        if b <= a:
+            return np.empty(0, dtype=self.dtype)
         c = self.chunk_size
         k = a // c
         if b <= (k + 1) * c:
@@ -233,3 +236,30 @@ def as_token_source(tokens: Any) -> TokenSource:
         return _ReadInterfaceSource(tokens)
     raise TypeError(f"{type(tokens).__name__} is not a token source: it needs len(), dtype, read(a, b) and "
                     "read_into(a, b, out)")
+
+
+def index_tokens(source: Any, key: Any) -> Any:
+    """``source[key]`` with TokenArray semantics for every source: an int (negative from the end;
+    ``IndexError`` out of range; ``TypeError`` for non-integers) gives one token, a slice a numpy
+    array of exactly those tokens."""
+    n = len(source)
+    if isinstance(key, slice):
+        start, stop, step = key.indices(n)
+        if step == 1:
+            return source.read(start, max(start, stop))
+        picks = range(start, stop, step)
+        if len(picks) == 0:
+            return np.empty(0, dtype=source.dtype)
+        lo, hi = min(picks[0], picks[-1]), max(picks[0], picks[-1]) + 1
+        return source.read(lo, hi)[np.asarray(picks) - lo]
+    try:
+        if isinstance(key, (bool, np.bool_)):
+            raise TypeError
+        i = operator.index(key)
+    except TypeError:
+        raise TypeError(f"token indices must be integers or slices, not {type(key).__name__}") from None
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {key} out of range for {n} tokens")
+    return source.read(i, i + 1)[0]

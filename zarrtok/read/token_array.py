@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .local import LocalShardReader
-from .source import ShardSpec
+from .source import ShardSpec, index_tokens
 from .zarr_fallback import DEFAULT_CACHE_BYTES, ZarrShardReader
 
 
@@ -181,24 +181,7 @@ class TokenArray:
                 self.readers[i].prefetch([int(g) - self.chunk_starts[i]])
 
     def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self.length)
-            if step == 1:
-                return self.read(start, max(start, stop))
-            picks = range(start, stop, step)
-            if len(picks) == 0:
-                return np.empty(0, dtype=self.dtype)
-            lo, hi = min(picks[0], picks[-1]), max(picks[0], picks[-1]) + 1
-            return self.read(lo, hi)[np.asarray(picks) - lo]
-        try:
-            i = int(np.int64(key)) if not isinstance(key, (int, np.integer)) else int(key)
-        except (TypeError, ValueError):
-            raise TypeError(f"TokenArray indices must be integers or slices, not {type(key).__name__}") from None
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {key} out of range for {self.length} tokens")
-        return self.read(i, i + 1)[0]
+        return index_tokens(self, key)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.empty(self.length, dtype=dtype or self.dtype)
