@@ -654,9 +654,9 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
+    common.print_machine(m, (
           f"zarrtok {m['zarrtok']}, archai 1.0.0, litdata {m['litdata']}, datasets {m['datasets']}, "
-          f"transformers {m['transformers']}")
+          f"transformers {m['transformers']}"))
     common.print_load(m, "load average")
     def mb(n: float) -> str:
         return f"{n / 1e6:,.0f} MB"

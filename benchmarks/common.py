@@ -408,6 +408,12 @@ def git_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "zarrtok_dirty": bool(git("status", "--porcelain", "--", "zarrtok"))}
 
 
+def print_machine(machine: dict[str, Any], details: str) -> None:
+    """``machine: <CPUs> (<model>), <platform>, python <v>, <details>`` (``machine_info()``'s keys)."""
+    m = machine
+    print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, {details}")
+
+
 def print_load(machine: dict[str, Any], label: str = "load average (1/5/15 min)") -> None:
     """The load averages before and after the run (``machine_info()`` + ``load_average_before``)."""
     if machine.get("load_average") and machine.get("load_average_before"):

@@ -301,9 +301,9 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
+    common.print_machine(m, (
           f"torch {m['torch']}, numpy {m['numpy']}, zarrtok {m['zarrtok']}, litdata {m['litdata']}, archai 1.0.0, "
-          f"DataLoader workers: {m['mp_start_method']}")
+          f"DataLoader workers: {m['mp_start_method']}"))
     print_load(m, "load average")
     print(f"{report['tokens']:,} train tokens, seq_len {SEQ_LEN}; windows: {report['windows']}")
     s = report["single"]

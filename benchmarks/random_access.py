@@ -63,6 +63,7 @@ from benchmarks.common import (
     machine_info,
     make_corpus,
     print_load,
+    print_machine,
     run_in_workdir,
     write_report,
 )
@@ -295,8 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_in_workdir(run, args, "zarrtok-bench-")
 
     m = report["machine"]
-    print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
-          f"torch {m['torch']}, numpy {m['numpy']}, zarr {m['zarr']}, zarrtok {m['zarrtok']}")
+    print_machine(m, (
+          f"torch {m['torch']}, numpy {m['numpy']}, zarr {m['zarr']}, zarrtok {m['zarrtok']}"))
     print_load(m)
     print(f"rounds: {args.rounds} x ~{args.round_seconds}s each, interleaved; medians. straddle = share of the "
           f"timed windows crossing a chunk boundary; ndarray = the reference code on a plain ndarray view of the "

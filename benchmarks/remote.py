@@ -86,6 +86,7 @@ from benchmarks.common import (
     make_corpus,
     mb,
     print_conditions,
+    print_machine,
     rotated,
     run_all,
     run_in_workdir,
@@ -507,9 +508,9 @@ def print_report(rep: dict[str, Any]) -> list[str]:
     """Print the summary table and details; return the names of the missed targets."""
     m, d, link, ra, ld = rep["machine"], rep["data"], rep["link"], rep["random_access"], rep["loader"]
     dirty = " (zarrtok/ modified)" if rep["git"]["zarrtok_dirty"] else ""
-    print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
+    print_machine(m, (
           f"torch {m['torch']}, numpy {m['numpy']}, zarr {m['zarr']}, zarrtok {m['zarrtok']}, "
-          f"s3fs {rep['versions']['s3fs']}, moto {rep['versions']['moto']}; commit {rep['git']['commit'][:10]}{dirty}")
+          f"s3fs {rep['versions']['s3fs']}, moto {rep['versions']['moto']}; commit {rep['git']['commit'][:10]}{dirty}"))
     print(f"data: {d['tokens']:,} train tokens, {d['chunks']} chunk objects of {d['chunk_size']:,} tokens, "
           f"{mb(d['stored_bytes']):.1f} MB stored ({mb(d['token_bytes']):.1f} MB of tokens); "
           f"zarrtok.copy to the bucket {d['publish_seconds']:.1f}s")

@@ -558,10 +558,10 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 def print_report(rep: dict[str, Any]) -> list[str]:
     m, d, ep, sp = rep["machine_info"], rep["data"], rep["epoch"], rep["single_process"]
     dirty = " (zarrtok/ modified)" if rep["git"]["zarrtok_dirty"] else ""
-    print(f"\nmachine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}, python {m['python']}, "
+    common.print_machine(m, (
           f"torch {m['torch']}, numpy {m['numpy']}, zarrtok {m['zarrtok']}, litdata {m['litdata']}, "
           f"s3fs {m['s3fs']}, moto {m['moto']}; commit {rep['git']['commit'][:10]}{dirty}; workers: "
-          f"{m['mp_start_method']}")
+          f"{m['mp_start_method']}"))
     z, lt = d["zarrtok"], d["litdata"]
     print(f"data: {d['tokens']:,} train tokens ({mb(d['token_bytes']):.1f} MB); zarrtok {z['chunks']} chunk objects "
           f"of {z['chunk_size']:,} tokens ({mb(z['stored_bytes']):.1f} MB), {z['windows']:,} windows of 2049 at "
