@@ -4,7 +4,6 @@ sockets here, no zarrtok internals."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import http.client
 import socket
 import threading
@@ -12,9 +11,17 @@ import time
 import uuid
 
 import pytest
+from botocore.exceptions import HTTPClientError
 
 from zarrtok.testing.fault_proxy import (
-    FaultProxy, Rule, blackhole, delay, drop, flip_bits, status, truncate,
+    FaultProxy,
+    Rule,
+    blackhole,
+    delay,
+    drop,
+    flip_bits,
+    status,
+    truncate,
 )
 from zarrtok.testing.s3server import S3Server
 
@@ -50,7 +57,7 @@ def proxy(s3):
         yield p
 
 
-def filesystem(proxy: FaultProxy, s3fs_retries: int | None = None, **config_kwargs) -> "s3fs.S3FileSystem":
+def filesystem(proxy: FaultProxy, s3fs_retries: int | None = None, **config_kwargs) -> s3fs.S3FileSystem:
     options = proxy.storage_options
     if config_kwargs:
         options["config_kwargs"] = config_kwargs
@@ -122,8 +129,10 @@ def test_pass_through_writes_and_concurrency(proxy, bucket, s3):
     ranges = [(i * 9_973, i * 9_973 + 4_321) for i in range(30)]
     got = fs.cat_ranges([f"{bucket}/obj"] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges])
     assert got == [DATA[a:b] for a, b in ranges]
-    # Keep-alive: fewer connections than requests were needed (the proxy served several per connection).
-    assert len(proxy.events) >= 32
+    # Keep-alive: the proxy served several requests per client connection.
+    events = proxy.events
+    assert len(events) >= 32 and all(e.fault is None for e in events)
+    assert len({e.connection for e in events}) == proxy.connections_accepted < len(events)
 
 
 # -- status ------------------------------------------------------------------------------------------
@@ -166,9 +175,10 @@ def test_drop_first_request_is_retried(proxy, bucket):
 def test_drop_always_is_an_error(proxy, bucket):
     proxy.add(drop(path=r"/obj$"))
     fs = filesystem(proxy, s3fs_retries=1, retries={"total_max_attempts": 2})
-    with pytest.raises(Exception):
+    with pytest.raises((HTTPClientError, OSError)):  # botocore's ConnectionClosedError
         fs.cat_file(f"{bucket}/obj", start=0, end=100)
-    assert 2 <= proxy.count("drop") <= 6  # botocore attempts (aiohttp may retry a reused connection)
+    # 2 botocore attempts; aiohttp (3.10+) itself retries an idempotent request once on a disconnect.
+    assert proxy.count("drop") in (2, 4), proxy.summary()
     assert all(e.status is None and e.bytes_sent == 0 for e in proxy.events if e.fault == "drop")
 
 
@@ -303,8 +313,8 @@ def test_flip_bits_whole_object_is_wrong_or_detected(proxy, bucket):
     proxy.add(flip_bits(count=1, path=r"/obj$", method="GET", has_range=False))
     try:
         got = filesystem(proxy, s3fs_retries=1).cat_file(f"{bucket}/obj")
-    except Exception:  # noqa: BLE001 - detected by the client
-        pass
+    except Exception as exc:  # noqa: BLE001 - detected by the client (FlexibleChecksumError with botocore 1.36+)
+        assert "checksum" in repr(exc).lower(), repr(exc)
     else:
         assert got != DATA and len(got) == len(DATA)
     assert proxy.count("flip_bits") >= 1

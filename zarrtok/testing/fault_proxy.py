@@ -52,14 +52,22 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .s3server import DUMMY_KEY, DUMMY_SECRET, REGION
 
 __all__ = [
-    "FaultProxy", "Rule", "ProxyEvent",
-    "status", "drop", "delay", "blackhole", "truncate", "flip_bits",
+    "FaultProxy",
+    "ProxyEvent",
+    "Rule",
+    "blackhole",
+    "delay",
+    "drop",
+    "flip_bits",
+    "status",
+    "truncate",
 ]
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -114,9 +122,7 @@ class Rule:
             return False
         if self._query is not None and not self._query.search(query):
             return False
-        if self.has_range is not None and bool(self.has_range) != has_range:
-            return False
-        return True
+        return self.has_range is None or bool(self.has_range) == has_range
 
     @property
     def exhausted(self) -> bool:
@@ -187,6 +193,7 @@ class ProxyEvent:
     path: str
     query: str
     range: str | None
+    connection: int = 0  # serial number of the client connection (1, 2, ...: keep-alive reuse shows here)
     fault: str | None = None  # None: passed through untouched
     rule: Rule | None = field(default=None, repr=False)
     forwarded: bool = False  # reached the upstream
@@ -229,9 +236,10 @@ class FaultProxy:
         self._connections: dict[socket.socket, threading.Thread] = {}
         self.host = "127.0.0.1"
         self.port: int | None = None
+        self.connections_accepted = 0
 
     # -- life cycle ---------------------------------------------------------------------------------
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         if self._listener is not None:
             return self
         self._stopping.clear()
@@ -271,10 +279,10 @@ class FaultProxy:
 
     close = stop
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:  # noqa: PYI034
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property
@@ -383,13 +391,16 @@ class FaultProxy:
         while not self._stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            thread = threading.Thread(target=self._serve_connection, args=(sock,),
+            with self._lock:
+                self.connections_accepted += 1
+                serial = self.connections_accepted
+            thread = threading.Thread(target=self._serve_connection, args=(sock, serial),
                                       name=f"fault-proxy-{self.port}-conn", daemon=True)
             with self._lock:
                 if self._stopping.is_set():
@@ -412,7 +423,7 @@ class FaultProxy:
                 return rule
         return None
 
-    def _serve_connection(self, sock: socket.socket) -> None:
+    def _serve_connection(self, sock: socket.socket, serial: int) -> None:
         reader = _Reader(sock, self._stopping)
         upstream: http.client.HTTPConnection | None = None
         try:
@@ -424,7 +435,7 @@ class FaultProxy:
                 if request is None:
                     return
                 event = ProxyEvent(method=request.method, path=request.path, query=request.query,
-                                   range=request.header("range"))
+                                   range=request.header("range"), connection=serial)
                 with self._lock:
                     self._events.append(event)
                 try:
@@ -437,7 +448,7 @@ class FaultProxy:
                     event.finished = time.monotonic()
                 if not keep_open:
                     return
-        except Exception:  # a proxy thread must never take the test run down
+        except Exception:  # noqa: BLE001 - a proxy thread must never take the test run down
             return
         finally:
             if upstream is not None:
@@ -446,7 +457,7 @@ class FaultProxy:
             with self._lock:
                 self._connections.pop(sock, None)
 
-    def _handle(self, sock: socket.socket, reader: "_Reader", request: "_HttpRequest", event: ProxyEvent,
+    def _handle(self, sock: socket.socket, reader: _Reader, request: _HttpRequest, event: ProxyEvent,
                 upstream: http.client.HTTPConnection | None) -> tuple[bool, http.client.HTTPConnection | None]:
         """Answer one request; return (keep the client connection open, the upstream connection)."""
         rule = self._choose(request.method, request.path, request.query, request.header("range") is not None)
@@ -496,8 +507,8 @@ class FaultProxy:
             event.bytes_sent = len(payload)
         return keep_open, upstream
 
-    def _forward(self, request: "_HttpRequest", upstream: http.client.HTTPConnection | None,
-                 event: ProxyEvent) -> tuple[http.client.HTTPConnection | None, "_HttpResponse"]:
+    def _forward(self, request: _HttpRequest, upstream: http.client.HTTPConnection | None,
+                 event: ProxyEvent) -> tuple[http.client.HTTPConnection | None, _HttpResponse]:
         for attempt in range(2):
             fresh = upstream is None
             if upstream is None:
