@@ -119,6 +119,21 @@ def _cmd_cp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .read.store import open as open_store
+
+    report = open_store(args.path, storage_options=_storage_options(args)).verify(progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for problem in report.problems:
+            print(f"BAD {problem}")
+        print(f"{'OK' if report.ok else 'FAILED'}: {report.url}: {report.chunks_checked:,} chunks, "
+              f"{report.bytes_checked / 1e6:,.1f} MB checked in {report.seconds:.2f}s, "
+              f"{len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -141,6 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zarrtok", description="Tokenize datasets into Zarr token stores and read them.")
     parser.add_argument("--version", action="version", version=f"zarrtok {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="tokenize a dataset into a store")
@@ -197,6 +213,13 @@ def make_parser() -> argparse.ArgumentParser:
     _add_storage_args(c, "dst-")
     c.set_defaults(func=_cmd_cp)
 
+    v = sub.add_parser("verify", help="check every chunk's CRC, metadata, offsets, tokenizer and ids of a store")
+    v.add_argument("path")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--no-progress", action="store_true")
+    _add_storage_args(v)
+    v.set_defaults(func=_cmd_verify)
+
     d = sub.add_parser("demo", help="offline end-to-end demo on generated data")
     d.add_argument("--output", "-o", default="zarrtok-demo")
     d.add_argument("--docs", type=int, default=5000)
@@ -207,6 +230,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zarrtok`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -214,8 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ZarrtokError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IndexError) as exc:
-        print(f"zarrtok: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("zarrtok: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error is one line and exit status 2 (--debug: traceback)
+        if debug:
+            raise
+        kind = "" if isinstance(exc, (ZarrtokError, ValueError)) else f"{type(exc).__name__}: "
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"zarrtok: error: {kind}{message}", file=sys.stderr)
         return 2
 
 if __name__ == "__main__":  # pragma: no cover

@@ -345,6 +345,14 @@ class TokenStore:
         """Copy this store to ``dst`` (any path or URL), verifying sizes; return the copy opened."""
         return copy(self.location, dst, dst_storage_options=storage_options, overwrite=overwrite, progress=progress)
 
+    def verify(self, *, progress: bool = True):
+        """Check every chunk's CRC-32C, array metadata vs the manifest, document offsets, the
+        tokenizer digest and that every id is in the vocabulary; returns a
+        :class:`~zarrtok.read.verify.VerifyReport` naming every bad object (``report.ok``)."""
+        from .verify import verify_store
+
+        return verify_store(self, progress=progress)
+
     # -- summary --------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: splits (tokens, documents, shards, chunks, bytes), dtype, tokenizer, fingerprint."""
