@@ -44,6 +44,9 @@ class ShardInfo:
     id: str = ""  # unique per written shard; "" in format-1 stores
     chunk_size: int | None = None  # the token array's chunk length; None: read it from zarr.json
     checksum: str | None = None  # "crc32c" or None (only meaningful with chunk_size)
+    #: where the shard's documents came from, in order: runs ``[source, first_row, count]`` where
+    #: ``source`` indexes ``Manifest.sources`` (empty when the build did not record it)
+    provenance: list[list[int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "num_tokens": self.num_tokens, "num_documents": self.num_documents}
@@ -52,6 +55,8 @@ class ShardInfo:
         if self.chunk_size is not None:
             d["chunk_size"] = self.chunk_size
             d["checksum"] = self.checksum
+        if self.provenance:
+            d["provenance"] = [list(map(int, run)) for run in self.provenance]
         return d
 
     @classmethod
@@ -59,7 +64,8 @@ class ShardInfo:
         chunk = d.get("chunk_size")
         return cls(name=check_node_name(str(d["name"]), "shard"), num_tokens=int(d["num_tokens"]),
                    num_documents=int(d["num_documents"]), id=str(d.get("id", "")),
-                   chunk_size=int(chunk) if chunk is not None else None, checksum=d.get("checksum"))
+                   chunk_size=int(chunk) if chunk is not None else None, checksum=d.get("checksum"),
+                   provenance=[[int(x) for x in run] for run in d.get("provenance") or []])
 
 
 @dataclass
@@ -109,6 +115,11 @@ class Manifest:
     zarrtok_version: str = ""
     created: str = ""
     generation: str = ""  # unique per build/overwrite ("" in format-1 stores)
+    #: the sources documents came from (``ShardInfo.provenance`` indexes this list), e.g.
+    #: ``{"kind": "jsonl", "path": "/data/a.jsonl"}`` or ``{"kind": "datasets", "name": ..., "split": "train"}``
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    #: what happened to the store over time (build, append), oldest first
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +138,8 @@ class Manifest:
             "splits": {name: split.to_json() for name, split in self.splits.items()},
             "zarrtok_version": self.zarrtok_version,
             "created": self.created,
+            "sources": self.sources,
+            "history": self.history,
         }
 
     def shard_key(self, split: str, shard: ShardInfo) -> str:
@@ -176,6 +189,8 @@ class Manifest:
                 zarrtok_version=str(d.get("zarrtok_version", "")),
                 created=str(d.get("created", "")),
                 generation=str(d.get("generation", "")),
+                sources=[dict(x) for x in d.get("sources") or []],
+                history=[dict(x) for x in d.get("history") or []],
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IncompleteStoreError(f"{where} has a malformed zarrtok manifest: {exc}") from exc
