@@ -24,40 +24,85 @@ def num_windows(num_tokens: int, seq_len: int) -> int:
     return max(0, (num_tokens - 1) // seq_len)
 
 
+#: ``label_format`` values: ``"shifted"`` (``labels[j]`` is the target of ``input_ids[j]``) and ``"hf"``
+#: (labels aligned with ``input_ids``, as ``transformers`` causal LMs expect; they shift internally).
+LABEL_FORMATS = ("shifted", "hf")
+#: The key of a dict item's labels in the ``"shifted"`` format: never ``"labels"``, so a shifted target can
+#: not be handed to a ``transformers`` model (which would shift it again and learn token ``t + 2``).
+SHIFTED_LABELS_KEY = "next_token_labels"
+
+
+def check_label_format(label_format: Any) -> str:
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
+    return label_format
+
+
+def hf_labels(shifted: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """HF-aligned labels (a new contiguous tensor) from shifted ones (``[..., L]``): ``out[..., 0] =
+    ignore_index``, ``out[..., j] = shifted[..., j - 1]``. ``transformers`` scores ``logits[j]`` against
+    ``out[j + 1] = shifted[j]``, so the window's last target is not scored (masks carry over exactly)."""
+    out = torch.empty_like(shifted, memory_format=torch.contiguous_format)
+    out[..., 0] = ignore_index
+    out[..., 1:] = shifted[..., :-1]
+    return out
+
+
 class WindowBatch(list):
     """The list of samples returned by ``__getitems__``.
 
     It is an ordinary list (any collate function works) of ``(inputs, labels)`` pairs, or of dicts
     when the dataset returns dicts, and also carries the whole batch as ``[batch, seq_len]`` int64
-    tensors (``.inputs``, ``.labels``) that the samples are views of, ``.extras`` (batch-level
-    outputs: ``position_ids``, ``cu_seqlens``, ``max_seqlen``, ``attention_mask`` when requested)
-    and ``.indices`` (the window indices), so :func:`collate_windows` and
-    :func:`zarrtok.loader.collate_dict` can return them without copying.
+    tensors: ``.inputs`` and ``.labels`` (always the *shifted* labels: ``labels[:, j]`` is the target
+    of ``inputs[:, j]``), ``.item_labels`` (the labels the items carry, in ``.label_format``),
+    ``.extras`` (batch-level outputs: ``position_ids``, ``cu_seqlens``, ``max_seqlen``,
+    ``attention_mask`` when requested) and ``.indices`` (the window indices), so
+    :func:`collate_windows` and :func:`zarrtok.loader.collate_dict` can return them without copying.
+    ``inputs`` and the label tensors never share memory and are contiguous; the samples are row views
+    of them. Dict items use the keys ``input_ids`` and ``labels`` (``"hf"``) or ``input_ids`` and
+    ``next_token_labels`` (``"shifted"``).
     """
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, *, extras: dict[str, Any] | None = None,
-                 indices: Sequence[int] | None = None, as_dict: bool = False):
+                 indices: Sequence[int] | None = None, as_dict: bool = False, label_format: str = "shifted",
+                 ignore_index: int = -100):
         self.inputs = inputs
         self.labels = labels
+        self.label_format = check_label_format(label_format)
+        self.item_labels = labels if label_format == "shifted" else hf_labels(labels, ignore_index)
         self.extras = extras or {}
         self.indices = list(indices) if indices is not None else None
         # where the batch sits in its epoch (set by __getitems__ from an IndexBatch): the loader's bookkeeping
         self.epoch = self.step = -1
         if as_dict:
+            key = "labels" if label_format == "hf" else SHIFTED_LABELS_KEY
             per_row = {k: v for k, v in self.extras.items() if k in ("position_ids", "attention_mask")}
             super().__init__(
-                {"input_ids": x, "labels": y, **{k: v[i] for k, v in per_row.items()}}
-                for i, (x, y) in enumerate(zip(inputs, labels))
+                {"input_ids": x, key: y, **{k: v[i] for k, v in per_row.items()}}
+                for i, (x, y) in enumerate(zip(inputs, self.item_labels))
             )
         else:
-            super().__init__(zip(inputs, labels))
+            super().__init__(zip(inputs, self.item_labels))
 
 
 def collate_windows(batch: Sequence[Any]) -> Any:
     """DataLoader ``collate_fn``: ``(inputs, labels)`` batch tensors, without a copy for a :class:`WindowBatch`."""
     if isinstance(batch, WindowBatch):
-        return batch.inputs, batch.labels
+        return batch.inputs, batch.item_labels
     return default_collate(batch)
+
+
+class _ClosedTokens:
+    """Stands in for the token source of a closed dataset: any use raises a clear error."""
+
+    def __init__(self, reason: str):
+        self._reason = reason
+
+    def __getattr__(self, name: str) -> Any:
+        raise ValueError(self._reason)
+
+    def __len__(self) -> int:
+        raise ValueError(self._reason)
 
 
 class PlanReadAhead:
@@ -113,12 +158,26 @@ class TokenDataset(PlanReadAhead, Dataset):
 
     With ``document_outputs`` (or ``as_dict=True``) an item is a dict ``{"input_ids", "labels",
     "position_ids"?, "attention_mask"?}``; ``attention_mask`` comes with ``drop_last=False``.
+
+    ``label_format`` (the loader's option) says how item labels line up with the inputs, so dict
+    items are never ambiguous:
+
+    * ``"hf"`` — the default for dict items: ``labels`` aligned with ``input_ids`` as
+      ``transformers`` causal LMs expect (they shift internally; ``labels[0]`` is ``ignore_index``
+      and the window's last target is not scored), so ``model(**item_batch).loss`` is the next-token
+      loss and ``transformers.default_data_collator`` works on the items;
+    * ``"shifted"`` — the default for ``(inputs, labels)`` tuples: ``labels[j]`` is the target of
+      ``inputs[j]`` (a plain ``cross_entropy(logits, labels)`` loop). Dict items then carry it as
+      ``next_token_labels`` (never ``labels``, which a ``transformers`` model would shift again).
+
+    Item tensors are contiguous and inputs never share memory with labels (writing one never
+    changes the other).
     """
 
     def __init__(self, tokens: Any, seq_len: int, *, split: str | None = None, stride: int | None = None,
                  bos_id: int | None = None, drop_last: bool = True, pad_id: int = 0, ignore_index: int = -100,
                  mask_overlap: bool = False, doc_offsets: Any = None, document_outputs: bool = False,
-                 mask_document_boundaries: bool = False, as_dict: bool = False):
+                 mask_document_boundaries: bool = False, as_dict: bool = False, label_format: str | None = None):
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)):
             raise TypeError(f"seq_len must be an integer, got {type(seq_len).__name__}")
         seq_len = int(seq_len)
@@ -148,6 +207,9 @@ class TokenDataset(PlanReadAhead, Dataset):
         self.document_outputs = bool(document_outputs)
         self.mask_document_boundaries = bool(mask_document_boundaries)
         self.as_dict = bool(as_dict or document_outputs)
+        if label_format is None:
+            label_format = "hf" if self.as_dict else "shifted"
+        self.label_format = check_label_format(label_format)
         self._simple = (self.layout.stride == seq_len and bos_id is None and drop_last and not mask_overlap
                         and not document_outputs and not mask_document_boundaries)
         self._len = len(self.layout)
@@ -160,6 +222,41 @@ class TokenDataset(PlanReadAhead, Dataset):
 
     def __len__(self) -> int:
         return self._len
+
+    # -- Archai's FastHfDataset attributes, and closing -------------------------------------------
+    @property
+    def input_ids(self) -> Any:
+        """The split's token source (Archai: the memory-mapped token array)."""
+        return self.tokens
+
+    @property
+    def n_sequences(self) -> int:
+        """Number of windows (Archai's name for ``len(dataset)``)."""
+        return self._len
+
+    @property
+    def n_input_ids(self) -> int:
+        """Tokens the windows read, up to the last one read (Archai: ``n_sequences * seq_len + 1``)."""
+        return min(self.num_tokens, (self._len - 1) * self.layout.stride + self.layout.read_length)
+
+    @property
+    def closed(self) -> bool:
+        return isinstance(self.tokens, _ClosedTokens)
+
+    def close(self, reason: str | None = None) -> None:
+        """Drop this dataset's reference to its tokens (maps are released once nothing else uses them);
+        any later read raises ``ValueError`` with ``reason``. Idempotent; also ``with dataset: ...``."""
+        if not self.closed:
+            self._order = self._position = None
+            self._plan = None
+            self._lookahead = 0
+            self.tokens = _ClosedTokens(reason or f"{self!r} is closed (used after close() / its with-block)")
+
+    def __enter__(self) -> "TokenDataset":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"TokenDataset(split={self.split!r}, seq_len={self.seq_len}, windows={self._len}, tokens={self.num_tokens})"
@@ -193,10 +290,16 @@ class TokenDataset(PlanReadAhead, Dataset):
         if self._order is not None:
             self._prefetch_after(i)
         start = i * self.seq_len
-        x = torch.from_numpy(self.tokens.read(start, start + self.seq_len + 1).astype(np.int64))
+        raw = self.tokens.read(start, start + self.seq_len + 1)
+        x = torch.from_numpy(raw[:-1].astype(np.int64))  # two new arrays: inputs and labels never alias
+        if self.label_format == "hf":
+            y = x.clone()
+            y[0] = self.layout.ignore_index
+        else:
+            y = torch.from_numpy(raw[1:].astype(np.int64))
         if self.as_dict:
-            return {"input_ids": x[:-1], "labels": x[1:]}
-        return x[:-1], x[1:]
+            return {"input_ids": x, ("labels" if self.label_format == "hf" else SHIFTED_LABELS_KEY): y}
+        return x, y
 
     def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
         """A batch in one call: fills one preallocated int64 array (remote stores fetch the batch's
@@ -210,10 +313,17 @@ class TokenDataset(PlanReadAhead, Dataset):
                 self._plan_prefetch(indices.epoch, indices.step)
         if self._simple:
             L = self.seq_len
-            out = np.empty((len(normalized), L + 1), dtype=np.int64)
+            out = np.empty((len(normalized), L + 1), dtype=self.tokens.dtype)
             self._read_rows([i * L for i in normalized], L + 1, out)
-            t = torch.from_numpy(out)
-            batch = WindowBatch(t[:, :-1], t[:, 1:], indices=normalized, as_dict=self.as_dict)
+            # one read of [B, L + 1] in the store dtype, cast into two contiguous int64 arrays that never
+            # alias (two slice copies: as fast as the former single int64 read with overlapping views)
+            inputs = np.empty((len(normalized), L), dtype=np.int64)
+            labels = np.empty((len(normalized), L), dtype=np.int64)
+            np.copyto(inputs, out[:, :L])
+            np.copyto(labels, out[:, 1:])
+            batch = WindowBatch(torch.from_numpy(inputs), torch.from_numpy(labels), indices=normalized,
+                                as_dict=self.as_dict, label_format=self.label_format,
+                                ignore_index=self.layout.ignore_index)
         else:
             batch = self._general_batch(np.asarray(normalized, dtype=np.int64))
         batch.epoch, batch.step = getattr(indices, "epoch", -1), getattr(indices, "step", -1)
@@ -259,7 +369,7 @@ class TokenDataset(PlanReadAhead, Dataset):
                 mask[:, 0] = True
             extras["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
         return WindowBatch(torch.from_numpy(inputs), torch.from_numpy(labels), extras=extras, indices=idx.tolist(),
-                           as_dict=self.as_dict)
+                           as_dict=self.as_dict, label_format=self.label_format, ignore_index=layout.ignore_index)
 
     # -- read-ahead ------------------------------------------------------------------------------
     def set_access_order(self, indices: Sequence[int] | None, *, lookahead_windows: int | None = None,

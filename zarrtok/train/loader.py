@@ -33,32 +33,44 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from .dataset import TokenDataset, WindowBatch
+from .dataset import LABEL_FORMATS, SHIFTED_LABELS_KEY, TokenDataset, WindowBatch, hf_labels
 from .sampling import SHUFFLE_MODES, GlobalBatchSampler, WindowOrder
 
 logger = logging.getLogger(__name__)
 
-LABEL_FORMATS = ("shifted", "hf")
 STATE_VERSION = 1
 
 
 def collate_dict(batch: Any, *, label_format: str = "shifted", return_index: bool = False,
                  ignore_index: int = -100) -> dict[str, Any]:
     """DataLoader ``collate_fn`` giving a dict batch (see the module docstring); no copy for a
-    :class:`~zarrtok.dataset.WindowBatch` in the ``"shifted"`` format."""
+    :class:`~zarrtok.dataset.WindowBatch` (in the dataset's own label format, or ``"shifted"``).
+
+    Other samples: ``(inputs, labels)`` tuples carry shifted labels; dict samples carry either
+    ``next_token_labels`` (shifted) or ``labels`` (HF-aligned, zarrtok's dict convention).
+    ``input_ids`` and ``labels`` of the result never share memory."""
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
     if isinstance(batch, WindowBatch):
         out: dict[str, Any] = {"input_ids": batch.inputs, "labels": batch.labels, **batch.extras}
+        if label_format == "hf" and batch.label_format == "hf":
+            out["labels"] = batch.item_labels  # already computed for the items
+        elif label_format == "hf":
+            out["labels"] = hf_labels(batch.labels, ignore_index)
         indices = batch.indices
     else:  # a list of (inputs, labels) pairs or of dicts, from any dataset
         collated = default_collate(batch)
-        out = dict(collated) if isinstance(collated, dict) else {"input_ids": collated[0], "labels": collated[1]}
-        indices = None
-    if label_format == "hf":
-        labels = torch.full_like(out["labels"], ignore_index)
-        labels[:, 1:] = out["labels"][:, :-1]  # HF scores logits[j] against labels[j + 1]
-        out["labels"] = labels
+        if isinstance(collated, dict):
+            out = dict(collated)
+            if SHIFTED_LABELS_KEY in out:
+                shifted = out.pop(SHIFTED_LABELS_KEY)
+            else:  # HF-aligned "labels": the shifted target of slot j is labels[j + 1]
+                aligned = out["labels"]
+                shifted = torch.full_like(aligned, ignore_index)
+                shifted[:, :-1] = aligned[:, 1:]
+        else:
+            out, shifted = {"input_ids": collated[0]}, collated[1]
+        out["labels"] = hf_labels(shifted, ignore_index) if label_format == "hf" else shifted
     if return_index:
         if indices is None:
             raise ValueError("return_index needs batches from a zarrtok dataset's __getitems__")
@@ -119,6 +131,13 @@ class TokenLoader:
 
     Iterating yields the rest of the current epoch; once an epoch is complete the next iteration
     starts the next epoch (``set_epoch`` also works, as with ``DistributedSampler``).
+
+    ``set_epoch(e)`` before an iteration pins it to epoch ``e``: the rest of ``e`` when it is the
+    current, partly consumed epoch, *nothing* when ``e`` is the current and already complete epoch
+    (a checkpoint taken at an epoch's end, ``{epoch: e, consumed: all}``), else all of ``e``. So the
+    loop ``for epoch in range(state["epoch"], E): loader.set_epoch(epoch); for batch in loader:``
+    gives exactly the remaining batches of the uninterrupted run, wherever the checkpoint was taken.
+    Only an iteration *without* a preceding ``set_epoch`` moves on by itself after a complete epoch.
     """
 
     def __init__(self, dataset: Any, *, batch_size: int, shuffle: bool | str = True, seed: int = 0,
@@ -143,6 +162,7 @@ class TokenLoader:
         self.num_workers = int(num_workers)
         self._loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
                                   collate_fn=collate, **dataloader_options)
+        self._epoch_pinned = False  # set_epoch was called since the last iteration started
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -167,8 +187,10 @@ class TokenLoader:
         return self.sampler.batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch`` next (from its start, unless it is the current, partly consumed epoch)."""
+        """Serve ``epoch`` in the next iteration: from its start, or the rest of it when it is the
+        current epoch (nothing if that is complete: the resume-at-epoch-end case)."""
         self.sampler.set_epoch(epoch)
+        self._epoch_pinned = True
 
     def _epoch_end(self) -> int:
         steps = self.sampler.steps_per_epoch
@@ -200,24 +222,27 @@ class TokenLoader:
                            self.sampler.global_batch_size, state["global_batch_size"])
         self.sampler.set_epoch(int(state["epoch"]))
         self.sampler.set_consumed(int(state["consumed"]))
+        self._epoch_pinned = False
 
     # -- iteration -------------------------------------------------------------------------------
     def __len__(self) -> int:
         """Batches this rank will yield in the next iteration."""
-        if self._epoch_complete():
+        if self._epoch_complete() and not self._epoch_pinned:
             return len(GlobalBatchSampler(self.order, batch_size=self.sampler.batch_size, rank=self.sampler.rank,
                                           world_size=self.sampler.world_size, remainder=self.sampler.remainder,
                                           epoch=self.sampler.epoch + 1))
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self._epoch_complete():
+        if self._epoch_complete() and not self._epoch_pinned:
             self.sampler.set_epoch(self.sampler.epoch + 1)
+        self._epoch_pinned = False
         if self._warm_start:  # overlap the first chunks' download with worker start-up
             self.dataset.prefetch_plan(self.sampler.epoch, self.sampler.consumed // self.sampler.global_batch_size - 1)
-        for batch_epoch, step, batch in self._loader:
-            self.sampler.consumed = self.sampler.consumed_after(step, batch_epoch)
-            yield batch
+        if len(self.sampler):  # (no worker start-up for an epoch with nothing left)
+            for batch_epoch, step, batch in self._loader:
+                self.sampler.consumed = self.sampler.consumed_after(step, batch_epoch)
+                yield batch
         # A complete pass: every rank has passed every step of the epoch (a rank may get no batch
         # at a "partial" last step), so all ranks agree on the state.
         self.sampler.consumed = max(self.sampler.consumed, self._epoch_end())

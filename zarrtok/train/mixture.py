@@ -40,12 +40,16 @@ class MixtureDataset(PlanReadAhead, Dataset):
             raise ValueError(f"all datasets of a mixture need the same seq_len, got {sorted(lengths)}")
         if len({d.as_dict for d in datasets}) != 1 or len({bool(d.document_outputs) for d in datasets}) != 1:
             raise ValueError("all datasets of a mixture need the same outputs (document_outputs / as_dict)")
+        if len({d.label_format for d in datasets}) != 1 or len({d.layout.ignore_index for d in datasets}) != 1:
+            raise ValueError("all datasets of a mixture need the same label_format and ignore_index")
         self.datasets = datasets
         self.weights = [float(w) for w in weights]
         self.samples_per_epoch = samples_per_epoch
         self.seed = int(seed)
         self.seq_len = datasets[0].seq_len
         self.as_dict = datasets[0].as_dict
+        self.label_format = datasets[0].label_format
+        self.ignore_index = datasets[0].layout.ignore_index
         self.offsets = np.concatenate([[0], np.cumsum([len(d) for d in datasets])]).astype(np.int64)
         self._plan: Any = None
         self._plan_next = (-1, -1)
@@ -106,7 +110,8 @@ class MixtureDataset(PlanReadAhead, Dataset):
             cu = torch.cat([starts, torch.tensor([pos.numel()])]).to(torch.int32)
             extras["cu_seqlens"] = cu
             extras["max_seqlen"] = int((cu[1:] - cu[:-1]).max()) if pos.numel() else 0
-        batch = WindowBatch(inputs, labels, extras=extras, indices=ids.tolist(), as_dict=self.as_dict)
+        batch = WindowBatch(inputs, labels, extras=extras, indices=ids.tolist(), as_dict=self.as_dict,
+                            label_format=self.label_format, ignore_index=self.ignore_index)
         batch.epoch, batch.step = getattr(indices, "epoch", -1), getattr(indices, "step", -1)
         return batch
 
