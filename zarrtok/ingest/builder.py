@@ -38,7 +38,20 @@ from ..format import (
     shard_path,
 )
 from ..read.store import TokenStore
-from ..storage.commit import commit_staging, staging_location
+from ..storage.commit import (
+    COMPLETE,
+    EMPTY,
+    CommitConflictError,
+    Existing,
+    commit_staging,
+    discard_staging,
+    inspect,
+    open_staging_root,
+    recover,
+    shard_suffix,
+    staging_location,
+    sweep_orphans,
+)
 from ..storage.location import Location, as_location
 from ..storage.manifest_io import read_manifest
 from .jsonl import JsonLinesDocuments, plan_json_lines
@@ -176,7 +189,7 @@ def build(
          "dtype": dtype.name, **token_rules}
     )
 
-    reused = _reuse_or_clear(location, fingerprint, overwrite)
+    reused, existing = _reuse_or_clear(location, fingerprint, overwrite)
     if reused is not None:
         return reused
 
@@ -213,7 +226,15 @@ def build(
         add_special_tokens=add_special_tokens, dtype=dtype.name,
         sample=[t for name in documents.splits for t in documents.head(name, VERIFY_DOCUMENTS)],
     )
-    staging = staging_location(location)
+    # Staging, commit and cleanup: zarrtok.storage.commit (atomic local switch, remote lock + last-write
+    # switch, conditional commit when not overwriting, sweeping of dead writers' leftovers).
+    try:
+        staging = staging_location(location, replace=overwrite is not False, expected=existing)
+    except CommitConflictError:
+        reused = _reuse_after_conflict(location, fingerprint)
+        if reused is not None:
+            return reused
+        raise
     logger.info("building %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
     try:
         _write_store(
@@ -221,13 +242,18 @@ def build(
             num_workers=int(num_workers), batch_size=int(batch_size), shard_size=shard_size,
             progress=progress, start_method=start_method,
         )
+        staging.keep_tokenizer = set(tokenizer_files(tok))
         commit_staging(staging, location)
-    except BaseException:
+    except BaseException as exc:
         logger.info("build failed; removing %s", staging.url)
         try:
-            staging.remove()
+            discard_staging(staging)
         except Exception:  # pragma: no cover - best effort cleanup
             logger.exception("could not remove %s", staging.url)
+        if isinstance(exc, CommitConflictError):
+            reused = _reuse_after_conflict(location, fingerprint)
+            if reused is not None:
+                return reused
         raise
     store = TokenStore(location, read_manifest(location))
     logger.info("built %r", store)
@@ -312,31 +338,46 @@ def _tokenizers_version() -> str:
     return tokenizers.__version__
 
 
-def _reuse_or_clear(location: Location, fingerprint: str, overwrite: bool | str) -> TokenStore | None:
-    """Return the existing store when it can be reused; otherwise make sure ``location`` may be written."""
-    if location.is_empty_or_missing():
-        return None
-    try:
-        existing = read_manifest(location)
-    except StoreNotFoundError:
-        raise StoreExistsError(
-            f"{location.url} exists and is not a zarrtok store; refusing to overwrite it: choose another output"
-        ) from None
-    except (IncompleteStoreError, ZarrtokError) as exc:
+def _reuse_or_clear(location: Location, fingerprint: str,
+                    overwrite: bool | str) -> tuple[TokenStore | None, Existing]:
+    """Return the existing store when it can be reused, and what is at ``location``; raise
+    ``StoreExistsError`` unless ``location`` may be written. Only a zarrtok store is ever replaced
+    (``zarrtok.storage.commit.inspect``): user data raises even with ``overwrite``."""
+    recover(location)  # an overwrite interrupted between its two renames (fallback commit)
+    sweep_orphans(location)  # staging / old copies of dead writers next to a local output
+    existing = inspect(location)  # ForeignDataError (a StoreExistsError) for anything not ours
+    if existing.kind != COMPLETE:
+        if existing.kind == EMPTY:
+            return None, existing  # empty or missing
         if overwrite in (True, "changed"):
-            logger.warning("replacing unusable store at %s (%s)", location.url, exc)
-            return None
-        raise StoreExistsError(f"{location.url} holds an unusable store ({exc}); pass overwrite=True to rebuild") from exc
-    if existing.fingerprint == fingerprint and overwrite is not True:
+            logger.warning("replacing unusable store at %s (%s)", location.url, existing.error)
+            return None, existing
+        raise StoreExistsError(
+            f"{location.url} holds an unusable store ({existing.error}); pass overwrite=True to rebuild")
+    if existing.manifest.fingerprint == fingerprint and overwrite is not True:
         logger.info("reusing %s: fingerprint %s matches, nothing to encode", location.url, fingerprint[:12])
-        return TokenStore(location, existing)
+        return TokenStore(location, existing.manifest), existing
     if overwrite is False:
         raise StoreExistsError(
-            f"{location.url} holds a store with fingerprint {existing.fingerprint[:12]}, this build's is "
+            f"{location.url} holds a store with fingerprint {existing.manifest.fingerprint[:12]}, this build's is "
             f"{fingerprint[:12]} (different source, tokenizer or options); pass overwrite=True to replace it"
         )
-    logger.info("rebuilding %s (fingerprint %s -> %s)", location.url, existing.fingerprint[:12], fingerprint[:12])
-    return None
+    logger.info("rebuilding %s (fingerprint %s -> %s)", location.url, existing.manifest.fingerprint[:12],
+                fingerprint[:12])
+    return None, existing
+
+
+def _reuse_after_conflict(location: Location, fingerprint: str) -> TokenStore | None:
+    """After losing a conditional commit to a concurrent build: its store when it is the same one."""
+    try:
+        existing = read_manifest(location)
+    except ZarrtokError:
+        return None
+    if existing.fingerprint != fingerprint:
+        return None
+    logger.info("another build committed %s with the same fingerprint %s meanwhile: reusing it", location.url,
+                fingerprint[:12])
+    return TokenStore(location, existing)
 
 
 def _write_store(
@@ -355,9 +396,7 @@ def _write_store(
     total_tokens = 0
     # Start worker processes before any Zarr I/O (no background threads exist yet when they fork).
     with _EncodePool(documents, encoder, num_workers, start_method) as pool:
-        if not staging.is_local:
-            staging.remove()  # in-place remote build: clear what _reuse_or_clear allowed us to replace
-        root = zarr.open_group(staging.zarr_store(read_only=False), mode="w", attributes={ATTRIBUTE_KEY: manifest.to_json()})
+        root = open_staging_root(staging, {ATTRIBUTE_KEY: manifest.to_json()})  # never clears an old store
         tok_group = root.create_group(TOKENIZER_GROUP)
         for name, data in tokenizer_files(tok).items():
             arr = tok_group.create_array(
@@ -375,7 +414,7 @@ def _write_store(
             try:
                 for tokens, lengths in pool.encode(split, batch_size):
                     if writer is None:
-                        shard = _new_shard(len(info.shards), manifest)
+                        shard = _new_shard(len(info.shards), manifest, shard_suffix(staging))
                         group = root.create_group(shard_path(split, shard.name))
                         writer = ShardWriter(group, dtype=np.dtype(manifest.dtype), chunk_size=manifest.chunk_size,
                                              checksum=manifest.checksum)
@@ -388,7 +427,7 @@ def _write_store(
                         info.shards.append(shard)
                         writer = None
                 if writer is None and not info.shards:  # an empty split still gets one (empty) shard
-                    shard = _new_shard(0, manifest)
+                    shard = _new_shard(0, manifest, shard_suffix(staging))
                     writer = ShardWriter(root.create_group(shard_path(split, shard.name)), dtype=np.dtype(manifest.dtype),
                                          chunk_size=manifest.chunk_size, checksum=manifest.checksum)
                 if writer is not None:
@@ -406,14 +445,16 @@ def _write_store(
     root.attrs[ATTRIBUTE_KEY] = manifest.to_json()  # the commit point: the last write of the build
 
 
-def _new_shard(index: int, manifest: Manifest) -> ShardInfo:
-    return ShardInfo(shard_name(index), 0, 0, id=new_id(), checksum=manifest.checksum)
+def _new_shard(index: int, manifest: Manifest, suffix: str = "") -> ShardInfo:
+    # suffix: beside a complete remote store, names its old generation cannot have (storage.commit)
+    return ShardInfo(shard_name(index) + suffix, 0, 0, id=new_id(), checksum=manifest.checksum)
 
 
 def _close_shard(shard: ShardInfo, writer: ShardWriter) -> None:
     """Finish a shard's arrays and record what readers need in the manifest (format 2)."""
     shard.num_tokens, shard.num_documents = writer.close()
     shard.chunk_size = writer.tokens.array_chunk_size
+    shard.block_bytes = writer.block_bytes
 
 
 # -- parallel encoding ------------------------------------------------------------------------------
