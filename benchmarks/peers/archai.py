@@ -69,8 +69,9 @@ def build_cache_in_subprocess(workdir: str, data_path: str, tok_dir: str) -> dic
     cache = os.path.join(workdir, "archai_cache")
     env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(workdir, "hf-archai"), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # cwd: archai writes archai.log there
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, data_path, tok_dir, cache], env=env,
-                          capture_output=True, text=True, cwd=workdir, check=False)  # cwd: archai writes archai.log there
+                          capture_output=True, text=True, cwd=workdir, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"archai from_hub failed:\n{proc.stderr[-3000:]}")
     return {"cache_dir": cache, "seconds": json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]}

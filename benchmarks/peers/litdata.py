@@ -65,8 +65,8 @@ def optimize_flat_in_subprocess(raw_path: str, dtype: np.dtype, n_tokens: int, o
                                 input_tokens: int, piece_tokens: int) -> float:
     """:func:`optimize_flat` in a fresh interpreter (see the module's docstring); its seconds."""
     code = ("import sys; from benchmarks.peers.litdata import optimize_flat; "
-            "print(optimize_flat(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], chunk_tokens=int(sys.argv[5]),"
-            " input_tokens=int(sys.argv[6]), piece_tokens=int(sys.argv[7])))")
+            "print(optimize_flat(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], "
+            "chunk_tokens=int(sys.argv[5]), input_tokens=int(sys.argv[6]), piece_tokens=int(sys.argv[7])))")
     proc = subprocess.run([sys.executable, "-c", code, raw_path, np.dtype(dtype).str, str(n_tokens), out,
                            str(chunk_tokens), str(input_tokens), str(piece_tokens)],
                           capture_output=True, text=True, check=False, cwd=REPO_ROOT)
