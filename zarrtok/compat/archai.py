@@ -9,15 +9,43 @@ is never carved from validation; any fsspec URL works as ``cache_dir``.
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import datasets
+import torch
+from transformers import DataCollatorForLanguageModeling
 
 from ..ingest.builder import build
 from ..read.shm import SharedTokens
 from ..read.store import TokenStore
 from ..read.store import open as open_store
 from ..train.dataset import TokenDataset
+
+__all__ = ["FastDataCollatorForLanguageModeling", "FastHfDatasetProvider"]
+
+
+@dataclass
+class FastDataCollatorForLanguageModeling(DataCollatorForLanguageModeling):
+    """Archai's collator for ``(inputs, labels)`` items (its trainer scripts import it from this module).
+
+    Tuples: ``input_ids`` are the stacked inputs; ``labels`` are what ``DataCollatorForLanguageModeling``
+    makes of them (HF-aligned: the model shifts) unless ``use_shifted_labels=True``, which stacks the
+    items' own, already shifted labels (for models that do not shift). Dict items (zarrtok's, with
+    HF-aligned ``labels``) go to ``DataCollatorForLanguageModeling`` unchanged.
+    """
+
+    use_shifted_labels: bool = False
+
+    def torch_call(self, examples: list[Any]) -> dict[str, Any]:
+        if isinstance(examples[0], Mapping):
+            return super().torch_call(examples)
+        batch = super().torch_call([example[0] for example in examples])
+        if self.use_shifted_labels:
+            batch["labels"] = torch.stack([example[1] for example in examples], dim=0)
+        return batch
 
 
 class FastHfDatasetProvider:
@@ -27,6 +55,7 @@ class FastHfDatasetProvider:
         self.store = store
         self.use_shared_memory = bool(use_shared_memory)
         self._shared: dict[str, SharedTokens] = {}
+        self._handed_out: weakref.WeakSet[TokenDataset] = weakref.WeakSet()
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -46,6 +75,8 @@ class FastHfDatasetProvider:
         use_shared_memory: bool = False,
         cache_dir: str | os.PathLike = "cache",
         *,
+        mapping_fn: Any = None,
+        mapping_fn_kwargs: dict[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
         **build_kwargs: Any,
     ) -> "FastHfDatasetProvider":
@@ -54,8 +85,16 @@ class FastHfDatasetProvider:
 
         ``validation_split`` (default 0.1) carves a validation split from train only when the dataset
         has none; 0.0 makes none. Extra keyword arguments go to :func:`zarrtok.build`.
+
+        ``mapping_fn(examples, **mapping_fn_kwargs)`` (Archai's hook) is applied with
+        ``Dataset.map(batched=True)`` before tokenizing; it must return text column(s) (zarrtok
+        tokenizes itself and verifies the ids): a function returning ``input_ids`` is refused.
         """
         build_kwargs.setdefault("overwrite", "changed")
+        if mapping_fn is not None:
+            dataset_name = _apply_mapping_fn(dataset_name, dataset_config_name, data_dir, data_files, mapping_fn,
+                                             mapping_fn_kwargs, num_workers, build_kwargs)
+            dataset_config_name = data_dir = data_files = None
         store = build(
             dataset_name,
             output=cache_dir,
@@ -77,7 +116,7 @@ class FastHfDatasetProvider:
     @classmethod
     def from_disk(
         cls,
-        dataset_path: str | os.PathLike,
+        dataset_path: str | os.PathLike | None = None,
         tokenizer: Any = None,
         tokenizer_name: str | None = None,
         mapping_column_name: str | Sequence[str] | None = None,
@@ -88,12 +127,21 @@ class FastHfDatasetProvider:
         use_shared_memory: bool = False,
         cache_dir: str | os.PathLike = "cache",
         *,
+        dataset_file_path: str | os.PathLike | None = None,
+        mapping_fn: Any = None,
+        mapping_fn_kwargs: dict[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
         **build_kwargs: Any,
     ) -> "FastHfDatasetProvider":
-        """Like :meth:`from_hub` for a dataset saved with ``Dataset.save_to_disk``."""
+        """Like :meth:`from_hub` for a dataset saved with ``Dataset.save_to_disk`` (``dataset_path``, or
+        Archai's keyword ``dataset_file_path``)."""
+        if (dataset_path is None) == (dataset_file_path is None):
+            raise TypeError("from_disk needs the saved dataset's path: dataset_path or dataset_file_path (one)")
+        path = dataset_path if dataset_path is not None else dataset_file_path
         return cls.from_hub(
-            datasets.load_from_disk(os.fspath(dataset_path)),
+            datasets.load_from_disk(os.fspath(path)),
+            mapping_fn=mapping_fn,
+            mapping_fn_kwargs=mapping_fn_kwargs,
             tokenizer=tokenizer,
             tokenizer_name=tokenizer_name,
             mapping_column_name=mapping_column_name,
@@ -139,10 +187,14 @@ class FastHfDatasetProvider:
     # -- datasets -------------------------------------------------------------------------------
     def _tokens(self, split: str):
         if split not in self.store.splits:
-            raise ValueError(
-                f"the store at {self.store.url} has no {split!r} split (splits: {self.store.splits}); "
-                "for 'validation', build with validation_split > 0 or use a dataset that has one"
-            )
+            hints = {
+                "validation": "build with validation_split > 0 or use a dataset that has one",
+                "test": "pass test_split=<fraction> to from_hub / from_disk to carve one from train, or use a "
+                        "dataset that has one (zarrtok never carves test out of validation)",
+            }
+            hint = hints.get(split, "choose one of the splits the store has")
+            raise ValueError(f"the store at {self.store.url} has no {split!r} split (splits: {self.store.splits}); "
+                             f"{hint}")
         if not self.use_shared_memory:
             return self.store.tokens(split)
         shared = self._shared.get(split)
@@ -153,7 +205,9 @@ class FastHfDatasetProvider:
 
     def get_dataset(self, split: str, seq_len: int = 1) -> TokenDataset:
         """Windows of ``seq_len`` over any split."""
-        return TokenDataset(self._tokens(split), seq_len, split=split)
+        ds = TokenDataset(self._tokens(split), seq_len, split=split)
+        self._handed_out.add(ds)
+        return ds
 
     def get_train_dataset(self, seq_len: int = 1) -> TokenDataset:
         return self.get_dataset("train", seq_len)
@@ -166,7 +220,12 @@ class FastHfDatasetProvider:
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release shared-memory copies (datasets handed out before stop working)."""
+        """Release shared-memory copies. Datasets handed out before stop working: using one raises a
+        ``ValueError`` that says so (not a crash inside the reader). Idempotent."""
+        for ds in list(self._handed_out):
+            ds.close(f"{ds!r} came from a FastHfDatasetProvider that was closed (provider.close() or the end of "
+                     "its with-block); get a new dataset from an open provider")
+        self._handed_out = weakref.WeakSet()
         for shared in self._shared.values():
             shared.close()
         self._shared.clear()
@@ -179,3 +238,21 @@ class FastHfDatasetProvider:
 
     def __repr__(self) -> str:
         return f"FastHfDatasetProvider({self.store!r}, use_shared_memory={self.use_shared_memory})"
+
+
+def _apply_mapping_fn(dataset_name: Any, config: Any, data_dir: Any, data_files: Any, mapping_fn: Any,
+                      mapping_fn_kwargs: dict[str, Any] | None, num_workers: int, build_kwargs: dict[str, Any]) -> Any:
+    """The dataset (``Dataset`` / ``DatasetDict``) with Archai's ``mapping_fn`` applied (batched)."""
+    if isinstance(dataset_name, (datasets.Dataset, datasets.DatasetDict)):
+        data = dataset_name
+    else:
+        data = datasets.load_dataset(dataset_name, config, data_dir=data_dir, data_files=data_files,
+                                     **(build_kwargs.pop("load_dataset_kwargs", None) or {}))
+    mapped = data.map(mapping_fn, batched=True, fn_kwargs=dict(mapping_fn_kwargs or {}),
+                      num_proc=num_workers if num_workers > 1 else None)
+    names = mapped.column_names
+    columns = set(next(iter(names.values())) if isinstance(names, dict) else names)
+    if "input_ids" in columns:
+        raise ValueError("mapping_fn returned input_ids: zarrtok tokenizes (and verifies) itself, so mapping_fn "
+                         "must return text column(s) (pass mapping_column_name= to choose them)")
+    return mapped

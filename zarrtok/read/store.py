@@ -33,6 +33,7 @@ from ..storage.objects import RetryPolicy
 from .remote import MODES
 from .source import ShardSpec
 from .token_array import TokenArray, make_shard_reader
+from .analysis import AnalysisMixin
 
 if TYPE_CHECKING:
     from ..train.dataset import TokenDataset
@@ -90,7 +91,7 @@ def copy(  # noqa: A001
     return TokenStore(target, manifest)
 
 
-class TokenStore:
+class TokenStore(AnalysisMixin):
     """A committed zarrtok store: metadata, tokenizer, and readers for each split."""
 
     def __init__(self, location: Location, manifest: Manifest, *, reader_options: dict[str, Any] | None = None):
