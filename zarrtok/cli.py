@@ -1,4 +1,4 @@
-"""The ``zarrtok`` command line: ``build``, ``info``, ``sample``, ``cp`` and ``demo``, over the public API."""
+"""The ``zarrtok`` command line: ``build``, ``info``, ``sample``, ``cp``, ``verify``, ``stats``, ``explain`` and ``demo``, over the public API."""
 
 from __future__ import annotations
 
@@ -134,6 +134,45 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .read.analysis import DEFAULT_SEQ_LENS, format_stats
+    from .read.store import open as open_store
+
+    store = open_store(args.path, storage_options=_storage_options(args))
+    splits = args.split or store.splits
+    seq_lens = args.seq_len or list(DEFAULT_SEQ_LENS)
+    results = {split: store.stats(split, seq_lens, progress=not args.no_progress, refresh=args.refresh)
+               for split in splits}
+    if args.json:
+        out = {split: dict(st) for split, st in results.items()}
+        if not args.token_counts:
+            for st in out.values():
+                st.pop("token_counts", None)
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        tokenizer = store.tokenizer
+        print("\n\n".join(format_stats(st, tokenizer) for st in results.values()))
+    if args.plot:
+        from .read.plots import plot_stats
+
+        plot_stats(results[splits[0]], args.plot, tokenizer=store.tokenizer, title=f"{store.url} [{splits[0]}]")
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .read.analysis import format_explanation
+    from .read.store import open as open_store
+
+    store = open_store(args.path, storage_options=_storage_options(args))
+    explanation = store.explain(args.split, args.seq_len, args.index, text=not args.no_text)
+    if args.json:
+        print(json.dumps(explanation, indent=2, ensure_ascii=False))
+    else:
+        print(format_explanation(explanation))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -219,6 +258,29 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-progress", action="store_true")
     _add_storage_args(v)
     v.set_defaults(func=_cmd_verify)
+
+    st = sub.add_parser("stats", help="statistics of a store's splits (cached in the store), optionally plotted")
+    st.add_argument("path")
+    st.add_argument("--split", action="append", help="split (repeatable; default: every split)")
+    st.add_argument("--seq-len", type=int, action="append", help="seq_len for window statistics (repeatable; "
+                    "default 512, 2048, 8192)")
+    st.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    st.add_argument("--token-counts", action="store_true", help="with --json: include the count of every token id")
+    st.add_argument("--plot", metavar="OUT.png", help="write the plots of the first split (needs matplotlib)")
+    st.add_argument("--refresh", action="store_true", help="recompute even when cached")
+    st.add_argument("--no-progress", action="store_true")
+    _add_storage_args(st)
+    st.set_defaults(func=_cmd_stats)
+
+    e = sub.add_parser("explain", help="which documents (and source rows) one training window is made of")
+    e.add_argument("path")
+    e.add_argument("--split", default="train")
+    e.add_argument("--seq-len", type=int, required=True)
+    e.add_argument("--index", type=int, required=True, help="window index (as TokenDataset)")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--no-text", action="store_true", help="do not decode the pieces")
+    _add_storage_args(e)
+    e.set_defaults(func=_cmd_explain)
 
     d = sub.add_parser("demo", help="offline end-to-end demo on generated data")
     d.add_argument("--output", "-o", default="zarrtok-demo")
