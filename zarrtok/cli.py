@@ -155,7 +155,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.plot:
         from .read.plots import plot_stats
 
-        plot_stats(results[splits[0]], args.plot, tokenizer=store.tokenizer, title=f"{store.url} [{splits[0]}]")
+        plot_stats(results[splits[0]], args.plot, tokenizer=store.tokenizer, store=store, title=f"{store.url} [{splits[0]}]")
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
