@@ -222,7 +222,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing store")
     b.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
     b.add_argument("--no-progress", action="store_true")
-    b.add_argument("--encoder", choices=["auto", "hf", "tiktoken"], default="auto",
+    b.add_argument("--encoder", choices=["auto", "hf", "gigatoken", "tiktoken"], default="auto",
                    help="auto: the verified tiktoken fast path when it reproduces the tokenizer, else HF")
     b.add_argument("--json", action="store_true", help="print the store info as JSON")
     _add_storage_args(b)

@@ -14,7 +14,9 @@ the same byte-level BPE at ~2M. It is only used when it provably gives the same 
    adversarial probes are encoded both ways; any difference and the build uses Hugging Face.
 
 The store's manifest records which encoder produced it (``encoder``). ``build(encoder="hf")`` opts
-out; ``encoder="tiktoken"`` insists (an error naming the reason when it cannot be used).
+out; ``encoder="tiktoken"`` insists (an error naming the reason when it cannot be used). The same
+gate (:func:`verify`, :func:`fast_encoder`) guards the gigatoken path (:mod:`.gigatoken_encoding`),
+which ``encoder="auto"`` prefers (:data:`FAST_ENCODERS`: gigatoken, then tiktoken, then HF).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, Iterable
+
+import numpy as np
 
 from .tokenization import DocumentEncoder
 
@@ -36,8 +40,22 @@ PROBES = [
     "it's they're we've I'm you'll he'd 's 't", "numbers 123 4567 3.14159 1,000,000",
     "naïve café Zürich 東京 Ελληνικά русский עברית 🙂🚀 e\u0301 \u00a0nbsp \u2009thin \u3000ideographic",
     "tabs\tand\nnewlines\r\nand   runs    of     spaces", "x" * 300, "emoji 🙂🙂🙂🙂", "\x00\x07\x1b control",
-    "punct!!! ??? ... --- ((( ))) [[[ ]]] {{{ }}}", "mixed123abc ABC_def-ghi/jkl",
+    "punct!!! ??? ... --- ((( ))) [[[ ]]] {{{ }}}",
+    "mixed123abc ABC_def-ghi/jkl",
+    # very long documents: one long piece, and ~170k characters of mixed text (many pieces)
+    "x" * 20_000, "naïve café 東京 it's  \n\t 123 🙂 " * 6_000,
 ]
+
+
+def added_token_probes(tokenizer_json: str, limit: int = 64) -> list[str]:
+    """Each added (special) token of the tokenizer in context: alone, repeated, between words and
+    whitespace (where ``lstrip``/``rstrip`` and the split around special tokens matter)."""
+    tokens = [t.get("content") for t in (json.loads(tokenizer_json).get("added_tokens") or [])][:limit]
+    out = []
+    for tok in tokens:
+        if tok:
+            out += [tok, tok + tok, f"before{tok}after", f" {tok} ", f"a  {tok}\n b", f"{tok}'s {tok}123"]
+    return out
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -141,6 +159,8 @@ class TiktokenDocumentEncoder(DocumentEncoder):
     Picklable by value (carries the tokenizer JSON; the encoding is rebuilt lazily per process).
     """
 
+    name = "tiktoken"
+
     def __init__(self, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool, dtype: str):
         spec, reason = tiktoken_compatibility(tokenizer_json, add_special_tokens=add_special_tokens)
         if spec is None:
@@ -168,14 +188,68 @@ class TiktokenDocumentEncoder(DocumentEncoder):
         return [encode(t, allowed_special="all") for t in texts]
 
 
-def verify(fast: TiktokenDocumentEncoder, reference: Any, texts: Iterable[str]) -> tuple[bool, str]:
-    """Encode ``texts`` (plus :data:`PROBES`) with both encoders; ``(True, "")`` when every id matches,
-    else ``(False, description of the first difference)``."""
-    sample = [t for t in list(texts) + PROBES if t]
+def verification_texts(sample: Iterable[str], tokenizer_json: str) -> list[str]:
+    """What :func:`verify` encodes both ways: the non-empty corpus sample, :data:`PROBES` and
+    :func:`added_token_probes`."""
+    return [t for t in list(sample) + PROBES + added_token_probes(tokenizer_json) if t]
+
+
+def verify(fast: DocumentEncoder, reference: Any, texts: Iterable[str]) -> tuple[bool, str]:
+    """Encode ``texts`` (plus :data:`PROBES` and the tokenizer's added tokens in context) with both
+    encoders; ``(True, "")`` when every id matches — per text, and in the assembled ``encode()``
+    output with EOS and empty documents — else ``(False, description of the first difference)``."""
+    name = getattr(fast, "name", "tiktoken")
+    sample = verification_texts(texts, fast.tokenizer_json)
     got = fast.encode_ids(sample)
     want = DocumentEncoder.encode_ids(reference, sample)
     for i, (a, b) in enumerate(zip(got, want)):
         if a != b:
             j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            return False, f"text {i} ({sample[i][:60]!r}...) differs at token {j}: tiktoken {a[j:j + 5]} vs hf {b[j:j + 5]}"
+            return False, f"text {i} ({sample[i][:60]!r}...) differs at token {j}: {name} {a[j:j + 5]} vs hf {b[j:j + 5]}"
+    with_empty = ["", *sample[:200], "", *sample[200:400]]
+    got_tokens, got_lengths = fast.encode(with_empty)
+    want_tokens, want_lengths = DocumentEncoder.encode(reference, with_empty)
+    if not (np.array_equal(got_lengths, want_lengths) and np.array_equal(got_tokens, want_tokens)
+            and got_tokens.dtype == want_tokens.dtype):
+        return False, f"the assembled tokens of encode() differ: {name} vs hf"
     return True, ""
+
+
+#: The fast paths ``encoder="auto"`` tries, in order of preference (then Hugging Face).
+FAST_ENCODERS = ("gigatoken", "tiktoken")
+
+
+def fast_encoder(name: str, tokenizer_json: str, reference: DocumentEncoder, *, reference_name: str,
+                 sample: list[str], eos_token_id: int | None, add_special_tokens: bool, dtype: str
+                 ) -> tuple[DocumentEncoder | None, str, bool]:
+    """The verified fast encoder ``name`` (``"gigatoken"`` or ``"tiktoken"``) for a build.
+
+    Returns ``(encoder, description, False)`` when its shape check passes and it gives the ids of
+    ``reference`` (Hugging Face) on :func:`verification_texts` — ``description`` is what the
+    manifest records, e.g. ``"gigatoken==0.10.0 (verified against hf-tokenizers==0.23.3 on 1042
+    texts)"`` — else ``(None, reason, differs)``, where
+    ``differs`` tells a verification difference (worth a warning) from an unsupported shape or a
+    missing package."""
+    if name == "gigatoken":
+        from . import gigatoken_encoding as module
+
+        cls, version = module.GigatokenDocumentEncoder, module.gigatoken_version
+    elif name == "tiktoken":
+        cls, version = TiktokenDocumentEncoder, _tiktoken_version
+    else:
+        raise ValueError(f"unknown fast encoder {name!r}")
+    try:  # the constructor runs the shape check
+        fast = cls(tokenizer_json, eos_token_id=eos_token_id, add_special_tokens=add_special_tokens, dtype=dtype)
+    except ValueError as exc:
+        return None, str(exc), False
+    ok, difference = verify(fast, reference, sample)
+    if not ok:
+        return None, f"the {name} fast path differs from the tokenizer on this corpus: {difference}", True
+    n = len(verification_texts(sample, tokenizer_json))
+    return fast, f"{name}=={version()} (verified against {reference_name} on {n} texts)", False
+
+
+def _tiktoken_version() -> str:
+    import tiktoken
+
+    return tiktoken.__version__
