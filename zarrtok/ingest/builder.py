@@ -127,10 +127,11 @@ def build(
             :mod:`zarrtok.jsonl`: at most this many and at most 4 MiB of lines).
         progress: show tqdm progress bars.
         start_method: multiprocessing start method for workers (default ``fork`` on Linux).
-        encoder: ``"auto"`` (the tiktoken fast path when :mod:`zarrtok.fast_encoding` proves it
-            gives the tokenizer's ids — shape check plus a verification on the corpus — else
-            Hugging Face ``tokenizers``), ``"hf"`` (always Hugging Face) or ``"tiktoken"`` (an
-            error when the fast path cannot be used). The manifest records which one ran.
+        encoder: ``"auto"`` (the first fast path, gigatoken then tiktoken, that
+            :mod:`zarrtok.ingest.fast_encoding` proves gives the tokenizer's ids — shape check plus
+            a verification on the corpus — else Hugging Face ``tokenizers``), ``"hf"`` (always
+            Hugging Face), ``"gigatoken"`` or ``"tiktoken"`` (that fast path, or an error naming
+            why it cannot be used). The manifest records which one ran, with its version.
     """
     location = as_location(output, storage_options)
     if overwrite not in (False, True, "changed"):
@@ -260,7 +261,7 @@ def build(
     return store
 
 
-ENCODERS = ("auto", "hf", "tiktoken")
+ENCODERS = ("auto", "hf", "gigatoken", "tiktoken")
 VERIFY_DOCUMENTS = 1000  # documents per split the fast path is checked on before a build uses it
 
 
@@ -311,25 +312,19 @@ def _choose_encoder(choice: str, tokenizer_json: str, *, eos_token_id: int | Non
         return hf, hf_name
     from . import fast_encoding
 
-    try:  # the constructor runs the shape check
-        fast = fast_encoding.TiktokenDocumentEncoder(tokenizer_json, eos_token_id=eos_token_id,
-                                                     add_special_tokens=add_special_tokens, dtype=dtype)
-    except ValueError as exc:
-        if choice == "tiktoken":
-            raise ValueError(f"encoder='tiktoken': {exc}") from None
-        logger.info("tokenizing with Hugging Face tokenizers (%s)", exc)
-        return hf, hf_name
-    ok, difference = fast_encoding.verify(fast, hf, sample)
-    if not ok:
-        if choice == "tiktoken":
-            raise ValueError(f"encoder='tiktoken': the fast path differs from the tokenizer on this corpus: {difference}")
-        logger.warning("tiktoken fast path not used: it differs from the tokenizer on this corpus (%s)", difference)
-        return hf, hf_name
-    import tiktoken
-
-    n = sum(1 for t in sample if t) + len(fast_encoding.PROBES)
-    logger.info("tokenizing with the tiktoken fast path (identical ids on %d verification texts)", n)
-    return fast, f"tiktoken=={tiktoken.__version__} (verified against {hf_name} on {n} texts)"
+    for name in fast_encoding.FAST_ENCODERS if choice == "auto" else (choice,):
+        fast, note, differs = fast_encoding.fast_encoder(
+            name, tokenizer_json, hf, reference_name=hf_name, sample=sample, eos_token_id=eos_token_id,
+            add_special_tokens=add_special_tokens, dtype=dtype,
+        )
+        if fast is not None:
+            logger.info("tokenizing with %s", note)
+            return fast, note
+        if choice != "auto":
+            raise ValueError(f"encoder={choice!r}: {note}")
+        logger.log(logging.WARNING if differs else logging.INFO, "%s fast path not used: %s", name, note)
+    logger.info("tokenizing with Hugging Face tokenizers")
+    return hf, hf_name
 
 
 def _tokenizers_version() -> str:
