@@ -33,7 +33,10 @@ SHARD = 30_000  # tokens per shard: train has 2 shards
 ITEMSIZE = 2  # the 1024-token BPE of conftest stores uint16
 CHUNK_BYTES = CHUNK * ITEMSIZE
 OBJECT_BYTES = CHUNK_BYTES + 4  # raw tokens + crc32c
-BUILD_KW = dict(chunk_size=CHUNK, shard_size=SHARD, validation_split=0.1, batch_size=50, progress=False)
+# block_bytes=ITEMSIZE: one checksummed block per token, so a verified ranged read fetches exactly the
+# window's bytes and the byte-exact assertions below hold (the default 16 KiB blocks are tested separately)
+BUILD_KW = dict(chunk_size=CHUNK, shard_size=SHARD, validation_split=0.1, batch_size=50, progress=False,
+                block_bytes=ITEMSIZE)
 CHUNK_PATH = re.compile(r"/splits/(?P<split>[^/]+)/shards/(?P<shard>\d+)/tokens/c/(?P<k>\d+)$")
 MODES = ("range", "cache", "auto")
 
@@ -134,6 +137,14 @@ def check_each_chunk_fetched_once(requests, store, split: str = "train", *, all_
 def is_whole_object(r) -> bool:
     """A GET of a whole chunk object: no Range, or a Range covering all of it."""
     return r.bytes_sent == OBJECT_BYTES and r.range in (None, "bytes=0-", f"bytes=0-{OBJECT_BYTES - 1}")
+
+
+def warm_block_checksums(store, split: str = "train") -> None:
+    """Fetch every shard's block checksums (one GET per shard, once per process), so a test can count
+    the requests of the reads that follow."""
+    tokens = store.tokens(split)
+    for start in tokens.starts[:-1]:
+        tokens[start]
 
 
 def window_truth(tokens: np.ndarray, i: int, L: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,6 +319,9 @@ def test_range_mode_fetches_exactly_the_window(s3, remote):
     ds = store.dataset("train", L)
     base = f"/{remote.bucket}/{remote.prefix}/splits/train/shards/000000/tokens/c/"
     want = (L + 1) * ITEMSIZE
+    s3.reset_log()
+    warm_block_checksums(store)  # a shard's first ranged read also fetches its block checksums, once
+    assert len([r for r in s3.gets() if "/block_crc32c/c/" in r.path]) == 2, s3.summary()
 
     # window 5 = tokens [500, 601): inside chunk 0
     s3.reset_log()
@@ -362,6 +376,7 @@ def test_auto_mode_ranges_first_then_whole_chunk(s3, remote, train):
     store = remote.open(mode="auto", cache_bytes=fresh_cache_bytes(), readahead=0)
     ds = store.dataset("train", L)
     base = f"/{remote.bucket}/{remote.prefix}/splits/train/shards/000000/tokens/c/"
+    store.tokens("train").readers[0]._block_table()  # the shard's block checksums (fetched once)
     s3.reset_log()
     ds[5]  # first touch of chunk 0: a ranged GET of the window
     (g,) = s3.gets()

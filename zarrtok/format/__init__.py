@@ -4,6 +4,11 @@ and the fingerprint. Imports nothing of zarrtok but :mod:`zarrtok.errors`; read 
 
 from .fingerprint import FINGERPRINTED_FIELDS, compute_fingerprint
 from .layout import (
+    BLOCK_CRCS_ARRAY,
+    BLOCK_CRCS_DTYPE,
+    DEFAULT_BLOCK_BYTES,
+    block_crcs_path,
+    blocks_per_chunk,
     DEFAULT_CHUNK_BYTES,
     DOC_ENDS_ARRAY,
     DOC_ENDS_CHUNK,
@@ -36,6 +41,7 @@ from .raw_chunks import (
     ChecksumError,
     RawChunkLayout,
     check_chunk_crc,
+    block_crcs,
     check_padded_chunk_crc,
     crc32c,
     crc32c_extend,
@@ -44,6 +50,12 @@ from .raw_chunks import (
 )
 
 __all__ = [
+    "BLOCK_CRCS_ARRAY",
+    "BLOCK_CRCS_DTYPE",
+    "DEFAULT_BLOCK_BYTES",
+    "block_crcs_path",
+    "block_crcs",
+    "blocks_per_chunk",
     "ATTRIBUTE_KEY",
     "CRC32C_BYTES",
     "ChecksumError",

@@ -26,6 +26,12 @@ TOKENIZER_GROUP = "tokenizer"
 SPLITS_GROUP = "splits"
 TOKENS_ARRAY = "tokens"
 DOC_ENDS_ARRAY = "doc_ends"
+BLOCK_CRCS_ARRAY = "block_crc32c"  # CRC-32C of every block of every token chunk (verified ranged reads)
+BLOCK_CRCS_DTYPE = np.dtype("<u4")
+#: Bytes per checksummed block of a token chunk. A verified ranged read fetches the whole blocks
+#: around a window: 16 KiB holds an 8192-token uint16 window in 1-2 blocks, and the checksums cost
+#: 4 bytes per 16 KiB (0.024%; 2 KiB per 8 MiB chunk, one GET per shard on its first ranged read).
+DEFAULT_BLOCK_BYTES = 16 << 10
 DOC_ENDS_DTYPE = np.dtype("<u8")
 DOC_ENDS_CHUNK = 1 << 20  # document offsets per chunk (8 MiB)
 
@@ -65,6 +71,16 @@ def tokens_path(split: str, shard: str) -> str:
 def doc_ends_path(split: str, shard: str) -> str:
     """Path of a shard's document-end array relative to the store root."""
     return f"{shard_path(split, shard)}/{DOC_ENDS_ARRAY}"
+
+
+def block_crcs_path(split: str, shard: str) -> str:
+    """Path of a shard's block-checksum array relative to the store root."""
+    return f"{shard_path(split, shard)}/{BLOCK_CRCS_ARRAY}"
+
+
+def blocks_per_chunk(chunk_size: int, itemsize: int, block_bytes: int) -> int:
+    """Checksummed blocks in one token chunk (the last block of a chunk may be shorter)."""
+    return -(-(chunk_size * itemsize) // block_bytes)
 
 
 def dtype_for_max_id(max_id: int) -> np.dtype:

@@ -47,6 +47,8 @@ class ShardInfo:
     #: where the shard's documents came from, in order: runs ``[source, first_row, count]`` where
     #: ``source`` indexes ``Manifest.sources`` (empty when the build did not record it)
     provenance: list[list[int]] = field(default_factory=list)
+    #: bytes per checksummed block (the shard has a ``block_crc32c`` array); None: no block checksums
+    block_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "num_tokens": self.num_tokens, "num_documents": self.num_documents}
@@ -55,6 +57,8 @@ class ShardInfo:
         if self.chunk_size is not None:
             d["chunk_size"] = self.chunk_size
             d["checksum"] = self.checksum
+        if self.block_bytes:
+            d["block_bytes"] = self.block_bytes
         if self.provenance:
             d["provenance"] = [list(map(int, run)) for run in self.provenance]
         return d
@@ -65,7 +69,8 @@ class ShardInfo:
         return cls(name=check_node_name(str(d["name"]), "shard"), num_tokens=int(d["num_tokens"]),
                    num_documents=int(d["num_documents"]), id=str(d.get("id", "")),
                    chunk_size=int(chunk) if chunk is not None else None, checksum=d.get("checksum"),
-                   provenance=[[int(x) for x in run] for run in d.get("provenance") or []])
+                   provenance=[[int(x) for x in run] for run in d.get("provenance") or []],
+                   block_bytes=int(d["block_bytes"]) if d.get("block_bytes") else None)
 
 
 @dataclass

@@ -126,3 +126,13 @@ def check_padded_chunk_crc(data: Any, pad: Any, stored: bytes, what: str) -> Non
     if crc32c_extend(crc32c(data), pad) != int.from_bytes(stored, "little"):
         raise ChecksumError(f"checksum mismatch in {what}: the chunk is corrupted")
 
+
+
+def block_crcs(chunk_bytes: Any, block_bytes: int) -> np.ndarray:
+    """CRC-32C of each ``block_bytes`` block of one chunk's stored data bytes (the last block may be
+    shorter). Used by the writer to record, and by ranged readers to check, partial reads."""
+    data = np.frombuffer(chunk_bytes, dtype=np.uint8) if not isinstance(chunk_bytes, np.ndarray) else \
+        chunk_bytes.view(np.uint8).reshape(-1)
+    n = -(-data.size // block_bytes)
+    return np.fromiter((google_crc32c.value(data[i * block_bytes:(i + 1) * block_bytes]) for i in range(n)),
+                       dtype=np.uint32, count=n)

@@ -10,7 +10,16 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from ..format import DOC_ENDS_ARRAY, DOC_ENDS_CHUNK, DOC_ENDS_DTYPE, TOKENS_ARRAY
+from ..format import (
+    BLOCK_CRCS_ARRAY,
+    BLOCK_CRCS_DTYPE,
+    DEFAULT_BLOCK_BYTES,
+    DOC_ENDS_ARRAY,
+    DOC_ENDS_CHUNK,
+    DOC_ENDS_DTYPE,
+    TOKENS_ARRAY,
+    block_crcs,
+)
 
 
 def compressors_for(checksum: str | None) -> list | None:
@@ -30,7 +39,8 @@ class ArrayAppender:
     padding. Every chunk file is written (``write_empty_chunks``), so readers can memory-map them.
     """
 
-    def __init__(self, group: zarr.Group, name: str, dtype: np.dtype, chunk_size: int, checksum: str | None):
+    def __init__(self, group: zarr.Group, name: str, dtype: np.dtype, chunk_size: int, checksum: str | None,
+                 block_bytes: int | None = None):
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.group = group
@@ -43,6 +53,9 @@ class ArrayAppender:
         self._written = 0
         self._array: zarr.Array | None = None
         self.closed = False
+        #: record the CRC-32C of every ``block_bytes`` block of every chunk as stored (verified ranged reads)
+        self.block_bytes = block_bytes
+        self.block_crcs: list[np.ndarray] = []
 
     def _create(self, chunk: int) -> zarr.Array:
         return self.group.create_array(
@@ -89,10 +102,22 @@ class ArrayAppender:
         start = self._written
         self._array.resize((start + n,))
         self._array[start : start + n] = buf[:n]
+        if self.block_bytes:
+            self._record_blocks(buf[:n])
         self._written += n
         rest = buf[n:]
         self._pending = [rest] if rest.size else []
         self._pending_len = rest.size
+
+    def _record_blocks(self, data: np.ndarray) -> None:
+        """Block checksums of whole chunks as they are stored (a short last chunk padded with the
+        fill value, as Zarr writes it)."""
+        chunk = int(self._array.chunks[0])
+        for a in range(0, data.size, chunk):
+            piece = data[a : a + chunk]
+            if piece.size < chunk:
+                piece = np.concatenate([piece, np.zeros(chunk - piece.size, dtype=self.dtype)])
+            self.block_crcs.append(block_crcs(piece, self.block_bytes))
 
     def close(self) -> int:
         """Write the remaining (possibly partial) chunk and return the array's final length."""
@@ -110,8 +135,14 @@ class ArrayAppender:
 class ShardWriter:
     """Writes one shard: its token array and its document-end offsets."""
 
-    def __init__(self, group: zarr.Group, *, dtype: np.dtype, chunk_size: int, checksum: str | None):
-        self.tokens = ArrayAppender(group, TOKENS_ARRAY, dtype, chunk_size, checksum)
+    def __init__(self, group: zarr.Group, *, dtype: np.dtype, chunk_size: int, checksum: str | None,
+                 block_bytes: int | None = DEFAULT_BLOCK_BYTES):
+        self.group = group
+        self.checksum = checksum
+        #: block checksums are written only with chunk checksums (a store built with checksum=None
+        #: has nothing to verify against)
+        self.block_bytes = block_bytes if checksum == "crc32c" else None
+        self.tokens = ArrayAppender(group, TOKENS_ARRAY, dtype, chunk_size, checksum, block_bytes=self.block_bytes)
         self.doc_ends = ArrayAppender(group, DOC_ENDS_ARRAY, DOC_ENDS_DTYPE, DOC_ENDS_CHUNK, checksum)
         self.num_documents = 0
 
@@ -125,5 +156,11 @@ class ShardWriter:
         self.num_documents += lengths.size
 
     def close(self) -> tuple[int, int]:
-        """Finish both arrays; return ``(num_tokens, num_documents)``."""
-        return self.tokens.close(), self.doc_ends.close()
+        """Finish the arrays; return ``(num_tokens, num_documents)``."""
+        counts = self.tokens.close(), self.doc_ends.close()
+        if self.block_bytes:
+            crcs = np.concatenate(self.tokens.block_crcs) if self.tokens.block_crcs else np.zeros(0, BLOCK_CRCS_DTYPE)
+            out = ArrayAppender(self.group, BLOCK_CRCS_ARRAY, BLOCK_CRCS_DTYPE, DOC_ENDS_CHUNK, self.checksum)
+            out.append(crcs)
+            out.close()
+        return counts

@@ -32,8 +32,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import IncompleteStoreError
-from ..format import check_chunk_crc, check_padded_chunk_crc
+from ..errors import ChecksumError, IncompleteStoreError
+from ..format import (
+    BLOCK_CRCS_DTYPE,
+    DOC_ENDS_CHUNK,
+    block_crcs,
+    blocks_per_chunk,
+    check_chunk_crc,
+    check_padded_chunk_crc,
+)
 from ..storage.objects import RetryPolicy
 from ..storage.process import thread_pool
 from .cache import ChunkCache, shared_chunk_cache
@@ -61,6 +68,7 @@ class RemoteShardReader(ChunkedShardReader):
         cache_dir_bytes: int | None = None,
         readahead: int = DEFAULT_READAHEAD,
         policy: RetryPolicy | None = None,
+        verify: bool = True,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown read mode {mode!r}: use one of {MODES}")
@@ -81,6 +89,15 @@ class RemoteShardReader(ChunkedShardReader):
             raise ValueError("RemoteShardReader needs the shard's content key (ShardSpec.key) for its caches")
         self._namespace = spec.key  # content identity: a rebuilt store at the same URL has new keys
         self._disk_namespace = f"{spec.key}/{spec.array_path}"
+        self.verify = bool(verify)
+        self.block_bytes = spec.block_bytes if spec.raw.trailer_bytes == 4 and self.verify else None
+        #: ranged reads are verified against block checksums when the shard has them; without them
+        #: (format-1 stores) "auto" reads whole, verified chunks and only explicit "range" reads
+        #: unverified bytes (with a warning)
+        self.verified_ranges = bool(self.block_bytes)
+        if mode == "range" and not self.verified_ranges and self.verify:
+            logger.warning("%s: ranged reads are NOT verified (the shard has no block checksums: built by an "
+                           "older zarrtok or with checksum=None); use mode='cache' for verified reads", spec.where)
         self.policy = policy
         self._io = spec.location.objects(policy)
         self._reset_process_state()
@@ -89,7 +106,8 @@ class RemoteShardReader(ChunkedShardReader):
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "mode": self.mode, "cache_bytes": self.cache_bytes, "cache_dir": self.cache_dir,
-                "cache_dir_bytes": self.cache_dir_bytes, "readahead": self.readahead, "policy": self.policy}
+                "cache_dir_bytes": self.cache_dir_bytes, "readahead": self.readahead, "policy": self.policy,
+                "verify": self.verify}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         spec = state.pop("spec")
@@ -103,6 +121,7 @@ class RemoteShardReader(ChunkedShardReader):
         self._inflight: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         self._chunk_cache = shared_chunk_cache(self.cache_bytes)
+        self._blocks: np.ndarray | None = None
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
@@ -122,10 +141,61 @@ class RemoteShardReader(ChunkedShardReader):
     def _key(self, k: int) -> tuple[str, int]:
         return (self._namespace, k)
 
+    def _block_table(self) -> np.ndarray:
+        """Every block checksum of this shard (fetched once per process: one concurrent round over
+        the ``block_crc32c`` array's chunk objects, each CRC-checked itself)."""
+        table = self._blocks
+        if table is not None:
+            return table
+        per_chunk = blocks_per_chunk(self.chunk_size, self.dtype.itemsize, self.block_bytes)
+        count = self._num_chunks * per_chunk
+        chunk = DOC_ENDS_CHUNK if count >= DOC_ENDS_CHUNK else max(1, count)
+        base = self.spec.array_path.rsplit("/", 1)[0] + "/block_crc32c/c/"
+        keys = [f"{base}{k}" for k in range(-(-count // chunk))]
+        size = chunk * BLOCK_CRCS_DTYPE.itemsize + 4
+        try:
+            blobs = self._io.get_ranges(keys, [0] * len(keys), [size] * len(keys))
+        except FileNotFoundError:
+            raise IncompleteStoreError(f"{self.spec.where}: its block checksums ({base}...) are missing") from None
+        parts = []
+        for key, blob in zip(keys, blobs):
+            check_chunk_crc(blob, f"{self.spec.where}, block checksums {key}")
+            parts.append(np.frombuffer(blob, dtype=BLOCK_CRCS_DTYPE, count=chunk))
+        table = np.concatenate(parts)[:count]
+        self._blocks = table
+        return table
+
+    def _pending(self, row: int, col: int, k: int, lo: int, hi: int) -> PendingRange:
+        """The ranged GET for shard-local tokens ``[lo, hi)`` in chunk ``k``: exactly those bytes, or
+        with block checksums the whole blocks around them."""
+        itemsize, base = self.dtype.itemsize, k * self.chunk_size
+        start, end = (lo - base) * itemsize, (hi - base) * itemsize
+        if self.verified_ranges:
+            b = self.block_bytes
+            start, end = (start // b) * b, min(self._chunk_bytes, -(-end // b) * b)
+        return PendingRange(self, row, col, k, lo, hi, self._key_of(k), start, end)
+
+    def _check_blocks(self, p: PendingRange, blob: bytes) -> None:
+        b = self.block_bytes
+        first = p.chunk * blocks_per_chunk(self.chunk_size, self.dtype.itemsize, b) + p.start // b
+        expected = self._block_table()[first : first + len(range(p.start, p.end, b))]
+        if not np.array_equal(block_crcs(blob, b), expected):
+            raise ChecksumError(f"checksum mismatch in {self.spec.where}, chunk {p.chunk} "
+                                f"({self._io.url(p.key)}) bytes [{p.start}, {p.end}): a ranged read failed its "
+                                "block checksum")
+
     # -- whole chunks --------------------------------------------------------------------------
     def _download(self, k: int) -> memoryview:
         """The used bytes of chunk ``k`` (all of it, except the padding of a shard's last chunk),
-        checksum verified when the array has one."""
+        checksum verified when the array has one. A mismatch is fetched once more from the source
+        (corruption in transit), then raises :class:`~zarrtok.errors.ChecksumError`."""
+        try:
+            return self._download_once(k)
+        except ChecksumError as exc:
+            logger.warning("%s; fetching it again", exc)
+            return self._download_once(k)
+
+    def _download_once(self, k: int) -> memoryview:
         key = self._key_of(k)
         layout = self.spec.raw
         trailer = layout.trailer_bytes
@@ -142,7 +212,7 @@ class RemoteShardReader(ChunkedShardReader):
             raise IncompleteStoreError(f"{what}: the chunk object is missing") from None
         self.stats["chunk_fetches"] += 1
         self.stats["chunk_bytes"] += len(raw) + (len(crc) if crc is not None else 0)
-        if trailer == 4:
+        if trailer == 4 and self.verify:
             if crc is None:
                 check_chunk_crc(raw, what)
             else:
@@ -199,6 +269,8 @@ class RemoteShardReader(ChunkedShardReader):
         """Whether to serve a read in chunk ``k`` by a ranged GET (else via the whole chunk)."""
         if self.mode == "range":
             return True
+        if not self.verified_ranges and self.spec.raw.trailer_bytes and self.verify:
+            return False  # auto on a shard without block checksums: whole, verified chunks only
         self._check_process()
         if self._key(k) in self._cache():
             return False
@@ -226,9 +298,7 @@ class RemoteShardReader(ChunkedShardReader):
         if a < b <= (k + 1) * c:  # inside one chunk: decide range-vs-chunk exactly once
             if not self._use_range(k):
                 return self._chunk(k)[a - k * c : b - k * c]
-            base = k * c
-            p = PendingRange(self, 0, 0, k, a, b, self._key_of(k), (a - base) * self.dtype.itemsize,
-                             (b - base) * self.dtype.itemsize)
+            p = self._pending(0, 0, k, a, b)
             self.fill([p], self._fetch([p]), out)
             return out[0]
         self.read_batch_into([a], b - a, out)
@@ -267,9 +337,7 @@ class RemoteShardReader(ChunkedShardReader):
                         held[k] = chunk
                 dst = col + (pos - a)
                 if chunk is None:
-                    base = k * c
-                    pending.append(PendingRange(self, row, dst, k, pos, hi, self._key_of(k),
-                                                (pos - base) * itemsize, (hi - base) * itemsize))
+                    pending.append(self._pending(row, dst, k, pos, hi))
                 else:
                     out[row, dst : dst + (hi - pos)] = chunk[pos - k * c : hi - k * c]
                 pos = hi
@@ -284,8 +352,20 @@ class RemoteShardReader(ChunkedShardReader):
             raise IncompleteStoreError(f"{self.spec.where}: chunk object missing: {exc}") from None
 
     def fill(self, pending: Sequence[PendingRange], blobs: Sequence[bytes], out: np.ndarray) -> None:
-        """Write the fetched byte ranges into ``out``."""
+        """Write the fetched byte ranges into ``out``, each verified against its block checksums
+        (a mismatch is fetched once more, then raises :class:`~zarrtok.errors.ChecksumError`)."""
+        itemsize = self.dtype.itemsize
         for p, blob in zip(pending, blobs):
-            out[p.row, p.col : p.col + (p.hi - p.lo)] = np.frombuffer(blob, dtype=self.dtype)
             self.stats["range_requests"] += 1
             self.stats["range_bytes"] += len(blob)
+            if self.verified_ranges:
+                try:
+                    self._check_blocks(p, blob)
+                except ChecksumError as exc:
+                    logger.warning("%s; fetching it again", exc)
+                    blob = self._io.get(p.key, p.start, p.end)
+                    self.stats["range_requests"] += 1
+                    self._check_blocks(p, blob)
+            skip = (p.lo - p.chunk * self.chunk_size) * itemsize - p.start
+            out[p.row, p.col : p.col + (p.hi - p.lo)] = np.frombuffer(blob, dtype=self.dtype, count=p.hi - p.lo,
+                                                                       offset=skip)

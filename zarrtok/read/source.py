@@ -76,6 +76,7 @@ class ShardSpec:
     raw: RawChunkLayout | None  # None: read through Zarr
     key: str = ""  # content identity for caches (the shard id); see zarrtok.read.cache
     name: str = ""  # "<split>/<shard>", for error messages
+    block_bytes: int | None = None  # bytes per checksummed block (None: no block checksums)
 
     @property
     def where(self) -> str:

@@ -182,7 +182,8 @@ class TokenStore(AnalysisMixin):
         stores still read each array's ``zarr.json`` (a local file) to detect arrays rewritten in
         another encoding (read through Zarr) and metadata that disagrees with the manifest."""
         path = tokens_path(split, shard.name)
-        common = dict(key=self.manifest.shard_key(split, shard), name=f"{split}/{shard.name}")
+        common = dict(key=self.manifest.shard_key(split, shard), name=f"{split}/{shard.name}",
+                      block_bytes=shard.block_bytes)
         if shard.chunk_size is not None and not self.location.is_local:
             layout = manifest_chunk_layout(self.dtype.name, shard.num_tokens, shard.chunk_size, shard.checksum)
             return ShardSpec(self.location, path, shard.num_tokens, shard.chunk_size, self.dtype.name, layout, **common)
@@ -271,7 +272,8 @@ class TokenStore(AnalysisMixin):
     def dataset(self, split: str, seq_len: int, *, stride: int | None = None, bos: bool | int = False,
                 drop_last: bool = True, pad_id: int | None = None, ignore_index: int = -100,
                 mask_overlap: bool = False, document_outputs: bool = False,
-                mask_document_boundaries: bool = False, as_dict: bool = False) -> "TokenDataset":
+                mask_document_boundaries: bool = False, as_dict: bool = False,
+                label_format: str | None = None) -> "TokenDataset":
         """A :class:`TokenDataset` of ``seq_len`` windows over ``split``.
 
         Defaults give Archai's windows as ``(inputs, labels)``. ``stride`` / ``mask_overlap``:
@@ -280,7 +282,10 @@ class TokenStore(AnalysisMixin):
         window with the tokenizer's BOS token (an error if it defines none; an int is used as the
         id); ``document_outputs`` / ``mask_document_boundaries``: per-document ``position_ids``,
         ``cu_seqlens``, ``max_seqlen`` and masked cross-document labels (see
-        :class:`TokenDataset`).
+        :class:`TokenDataset`). ``label_format``: dict items (``as_dict`` / ``document_outputs``)
+        default to ``"hf"`` (``labels`` aligned with ``input_ids``, as ``transformers`` causal LMs
+        expect: they shift internally); ``"shifted"`` gives the shifted targets under the key
+        ``next_token_labels`` so no model mistakes them for ``labels``.
         """
         if bos is True:
             bos_id = self.tokenizer.bos_token_id
@@ -298,7 +303,8 @@ class TokenStore(AnalysisMixin):
         return TokenDataset(self.tokens(split), seq_len, split=split, stride=stride, bos_id=bos_id,
                             drop_last=drop_last, pad_id=pad_id, ignore_index=ignore_index, mask_overlap=mask_overlap,
                             doc_offsets=offsets, document_outputs=document_outputs,
-                            mask_document_boundaries=mask_document_boundaries, as_dict=as_dict)
+                            mask_document_boundaries=mask_document_boundaries, as_dict=as_dict,
+                            label_format=label_format)
 
     def dataloader(self, split: str, seq_len: int, batch_size: int, *, shuffle: bool | str = True, seed: int = 0,
                    rank: int | None = None, world_size: int | None = None, num_workers: int = 0,

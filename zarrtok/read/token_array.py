@@ -36,6 +36,7 @@ def make_shard_reader(spec: ShardSpec, **options: Any):
             cache_dir_bytes=options.get("cache_dir_bytes"),
             readahead=DEFAULT_READAHEAD if options.get("readahead") is None else options["readahead"],
             policy=options.get("policy"),
+            verify=options.get("verify", True),
         )
     return ZarrShardReader(spec, cache_bytes=options.get("cache_bytes") or DEFAULT_CACHE_BYTES)
 

@@ -58,7 +58,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     name = type(exc).__name__
     if any(word in name for word in ("Timeout", "Connection", "Disconnected", "Payload", "Throttl", "SlowDown",
-                                     "ServerError", "IncompleteRead", "EndpointConnection", "ClientOSError")):
+                                     "ServerError", "IncompleteRead", "EndpointConnection", "ClientOSError",
+                                     "FlexibleChecksum", "ResponseStreamingError", "ReadTimeout")):
         return True
     return isinstance(exc, OSError)  # s3fs maps 5xx/unknown service errors to OSError (e.g. errno 121 EREMOTEIO)
 
@@ -86,6 +87,16 @@ def _count(requests: int, nbytes: int) -> None:
         _STATS["bytes"] += nbytes
 
 
+def _takes_timeout(fn: Any) -> bool:
+    """Whether a retried call accepts the ``timeout=`` of :meth:`ObjectIO._timeout` (``**kwargs``)."""
+    import inspect
+
+    try:
+        return any(p.kind is p.VAR_KEYWORD or p.name == "timeout" for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 class ObjectIO:
     """Reads and writes the objects of one store location (any fsspec filesystem) with retries."""
 
@@ -101,13 +112,22 @@ class ObjectIO:
     def url(self, key: str) -> str:
         return f"{self.location.url.rstrip('/')}/{key}"
 
+    def _timeout(self, start: float) -> dict[str, Any]:
+        """``timeout=`` for one call of an async filesystem (s3fs, gcsfs, http): the time left of the
+        deadline, so a blackholed endpoint cannot hold a read past it. Sync filesystems take none."""
+        from fsspec.asyn import AsyncFileSystem
+
+        if not isinstance(self.location.fs, AsyncFileSystem):
+            return {}
+        return {"timeout": max(0.5, self.policy.deadline - (time.monotonic() - start))}
+
     def _retry(self, what: str, fn, *args: Any) -> Any:
         policy = self.policy
         start = time.monotonic()
         attempt = 0
         while True:
             try:
-                return fn(*args)
+                return fn(*args, **(self._timeout(start) if _takes_timeout(fn) else {}))
             except BaseException as exc:  # noqa: BLE001 - classified below
                 if not isinstance(exc, Exception) or not is_transient(exc):
                     raise
@@ -131,9 +151,9 @@ class ObjectIO:
         """Bytes ``[start, end)`` of object ``key`` (the whole object without a range). A ranged read
         must return exactly ``end - start`` bytes (else it is retried)."""
 
-        def once() -> bytes:
+        def once(**timeout: Any) -> bytes:
             fs = self.location.fs
-            data = fs.cat_file(self.path(key), start=0 if start is None else start, end=end)
+            data = fs.cat_file(self.path(key), start=0 if start is None else start, end=end, **timeout)
             _count(1, len(data))
             if start is not None and end is not None and len(data) != end - start:
                 raise ShortReadError(f"read {len(data)} of {end - start} bytes")
@@ -148,10 +168,10 @@ class ObjectIO:
         results: list[Any] = [None] * len(keys)
         todo = list(range(len(keys)))
 
-        def once() -> list[bytes]:
+        def once(**timeout: Any) -> list[bytes]:
             fs = self.location.fs
             blobs = fs.cat_ranges([self.path(keys[i]) for i in todo], [starts[i] for i in todo],
-                                  [ends[i] for i in todo], on_error="return")
+                                  [ends[i] for i in todo], on_error="return", **timeout)
             _count(len(todo), sum(len(b) for b in blobs if isinstance(b, (bytes, bytearray))))
             failed = []
             error: BaseException | None = None
@@ -174,14 +194,14 @@ class ObjectIO:
         return self._retry(f"reading {len(keys)} byte range(s) of {self.location.url} (first: {keys[0]})", once)
 
     def exists(self, key: str) -> bool:
-        return self._retry(f"checking {self.url(key)}", lambda: self.location.fs.exists(self.path(key)))
+        return self._retry(f"checking {self.url(key)}", lambda **t: self.location.fs.exists(self.path(key), **t))
 
     def find(self, key: str = "") -> dict[str, int]:
         """Every object under ``key`` (relative keys) with its size."""
 
-        def once() -> dict[str, int]:
+        def once(**timeout: Any) -> dict[str, int]:
             root = self.path(key)
-            listing = self.location.fs.find(root, detail=True)
+            listing = self.location.fs.find(root, detail=True, **timeout)
             base = self.location.path.rstrip("/")
             return {p[len(base):].lstrip("/"): int(info["size"]) for p, info in listing.items()
                     if info.get("type") != "directory"}
@@ -192,16 +212,16 @@ class ObjectIO:
     def put(self, key: str, data: bytes) -> None:
         """Write object ``key`` (whole) and check its size."""
 
-        def once() -> None:
+        def once(**timeout: Any) -> None:
             fs = self.location.fs
             path = self.path(key)
             if self.location.is_local:
                 import os
 
                 os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, data)
+            fs.pipe_file(path, data, **timeout)
             _count(1, 0)
-            size = fs.size(path)
+            size = fs.size(path, **timeout)
             if size != len(data):
                 raise ShortReadError(f"wrote {len(data)} bytes, the object has {size}")
 
@@ -210,10 +230,10 @@ class ObjectIO:
     def remove(self, key: str = "", *, recursive: bool = True) -> None:
         """Delete object ``key`` (or everything under it); nothing there is not an error."""
 
-        def once() -> None:
+        def once(**timeout: Any) -> None:
             fs = self.location.fs
             path = self.path(key)
-            if fs.exists(path):
-                fs.rm(path, recursive=recursive)
+            if fs.exists(path, **timeout):
+                fs.rm(path, recursive=recursive, **timeout)
 
         self._retry(f"removing {self.url(key)}", once)
