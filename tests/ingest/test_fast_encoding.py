@@ -90,7 +90,8 @@ def test_shapes_it_cannot_reproduce_are_refused(tokenizer, change, reason):
 
 def test_build_uses_the_fast_path_and_records_it(tmp_path, tokenizer, docs, truth):
     ds = datasets.Dataset.from_dict({"text": docs})
-    store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "fast", progress=False, validation_split=0.0)
+    store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "fast", progress=False, validation_split=0.0,
+                          encoder="tiktoken")  # (auto prefers gigatoken: tests/ingest/test_gigatoken.py)
     assert store.manifest.encoder.startswith("tiktoken=="), store.manifest.encoder
     np.testing.assert_array_equal(np.asarray(store.tokens("train")).astype(np.int64), truth)
     hf = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "hf", progress=False, validation_split=0.0,
@@ -103,7 +104,7 @@ def test_build_uses_the_fast_path_and_records_it(tmp_path, tokenizer, docs, trut
 def test_build_with_workers_uses_the_fast_path(tmp_path, tokenizer, docs, truth):
     ds = datasets.Dataset.from_dict({"text": docs})
     store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "s", progress=False, validation_split=0.0,
-                          num_workers=2, batch_size=40, chunk_size=997)
+                          num_workers=2, batch_size=40, chunk_size=997, encoder="tiktoken")
     assert store.manifest.encoder.startswith("tiktoken==")
     np.testing.assert_array_equal(np.asarray(store.tokens("train")).astype(np.int64), truth)
 
@@ -118,13 +119,14 @@ def test_verification_failure_falls_back_or_raises(tmp_path, tokenizer, docs, mo
         return [ids[:-1] + [ids[-1] ^ 1] if "Zürich" in t else ids for t, ids in zip(texts, out)]
 
     monkeypatch.setattr(TiktokenDocumentEncoder, "encode_ids", wrong)
+    monkeypatch.setattr(fast_encoding, "FAST_ENCODERS", ("tiktoken",))  # auto without gigatoken
     ds = datasets.Dataset.from_dict({"text": docs})
     with caplog.at_level("WARNING", logger="zarrtok.ingest.builder"):
         store = zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "a", progress=False, validation_split=0.0)
     assert store.manifest.encoder.startswith("hf-tokenizers==")
     assert "differs" in caplog.text
     np.testing.assert_array_equal(np.asarray(store.tokens("train")).astype(np.int64), expected_tokens(tokenizer, docs))
-    with pytest.raises(ValueError, match="differs from the tokenizer"):
+    with pytest.raises(ValueError, match="encoder='tiktoken': the tiktoken fast path differs from the tokenizer"):
         zarrtok.build(ds, tokenizer=tokenizer, output=tmp_path / "b", progress=False, encoder="tiktoken")
 
 
