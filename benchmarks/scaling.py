@@ -101,6 +101,7 @@ def write_synthetic(template: Any, output: str, num_tokens: int, seed: int = 0) 
         writer.add(tokens, lengths)
     shard.num_tokens, shard.num_documents = writer.close()
     shard.chunk_size = writer.tokens.array_chunk_size
+    shard.block_bytes = writer.block_bytes
     manifest.splits["train"] = SplitInfo([shard])
     manifest.status = STATUS_COMPLETE
     root.attrs[ATTRIBUTE_KEY] = manifest.to_json()
