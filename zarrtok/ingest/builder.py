@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import IncompleteStoreError, StoreExistsError, StoreNotFoundError, ZarrtokError
 from ..format import (
     ATTRIBUTE_KEY,
+    DEFAULT_BLOCK_BYTES,
     DEFAULT_CHUNK_BYTES,
     FORMAT_VERSION,
     STATUS_COMPLETE,
@@ -96,6 +97,7 @@ def build(
     chunk_size: int | None = None,
     shard_size: int | None = None,
     checksum: str | None = "crc32c",
+    block_bytes: int | None = DEFAULT_BLOCK_BYTES,
     overwrite: bool | str = False,
     storage_options: dict[str, Any] | None = None,
     batch_size: int = 1000,
@@ -121,6 +123,8 @@ def build(
         chunk_size: tokens per chunk (default: 8 MiB worth, see docs/format.md).
         shard_size: start a new shard once a shard holds this many tokens (default: one shard per split).
         checksum: ``"crc32c"`` (per-chunk checksum after the raw bytes) or ``None``.
+        block_bytes: bytes per checksummed block of a chunk (default 16 KiB), so remote ranged reads
+            are verified too; ``None``: no block checksums (remote ``auto`` then reads whole chunks).
         overwrite: ``False``: reuse a store with the same fingerprint, refuse a different one;
             ``True``: always rebuild; ``"changed"``: rebuild only when the fingerprint differs.
         batch_size: documents per tokenization task (local JSON Lines files read directly, see
@@ -161,6 +165,8 @@ def build(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     compressors_for(checksum)  # validates the name
+    if block_bytes is not None and (int(block_bytes) < 1 or int(block_bytes) % np.dtype(dtype).itemsize):
+        raise ValueError(f"block_bytes must be a positive multiple of the token size, got {block_bytes}")
 
     documents, text_columns, identity = _open_documents(
         dataset_name, columns=columns if columns is not None else mapping_column_name, separator=column_separator,
@@ -205,6 +211,7 @@ def build(
         "chunk_size": chunk_size,
         "shard_size": shard_size,
         "checksum": checksum,
+        "block_bytes": int(block_bytes) if block_bytes else None,
         "num_workers": int(num_workers),
         "source": identity,
     }
@@ -412,7 +419,8 @@ def _write_store(
                         shard = _new_shard(len(info.shards), manifest, shard_suffix(staging))
                         group = root.create_group(shard_path(split, shard.name))
                         writer = ShardWriter(group, dtype=np.dtype(manifest.dtype), chunk_size=manifest.chunk_size,
-                                             checksum=manifest.checksum)
+                                             checksum=manifest.checksum,
+                                             block_bytes=manifest.config.get("block_bytes"))
                     writer.add(tokens, lengths)
                     split_tokens += tokens.size
                     bar.update(lengths.size)
@@ -424,7 +432,8 @@ def _write_store(
                 if writer is None and not info.shards:  # an empty split still gets one (empty) shard
                     shard = _new_shard(0, manifest, shard_suffix(staging))
                     writer = ShardWriter(root.create_group(shard_path(split, shard.name)), dtype=np.dtype(manifest.dtype),
-                                         chunk_size=manifest.chunk_size, checksum=manifest.checksum)
+                                         chunk_size=manifest.chunk_size, checksum=manifest.checksum,
+                                         block_bytes=manifest.config.get("block_bytes"))
                 if writer is not None:
                     _close_shard(shard, writer)
                     info.shards.append(shard)
