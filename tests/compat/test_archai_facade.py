@@ -91,3 +91,41 @@ def test_from_hub_mapping_fn_and_from_disk_dataset_file_path(tmp_path, jsonl_pat
                                        mapping_fn=lambda ex: {"input_ids": [[1] for _ in ex["text"]]},
                                        mapping_fn_kwargs={}, validation_split=0.0,
                                        cache_dir=str(tmp_path / "ids"), progress=False)
+
+
+def test_split_file_equivalents(provider, tmp_path, jsonl_path, tokenizer_dir):
+    """Archai's train_file/validation_file/test_file: the split's location in the store, None when absent."""
+    import os
+
+    import zarrtok
+
+    train = provider.train_file
+    assert train == os.path.join(provider.cache_dir, "splits", "train") and os.path.isdir(train)
+    assert provider.validation_file is None and provider.test_file is None  # validation_split=0.0, no test
+    assert provider.split_location("nope") is None
+    store = zarrtok.open(provider.cache_dir)
+    assert os.path.isfile(os.path.join(train, "zarr.json")) and len(store.tokens("train")) == \
+        len(provider.get_train_dataset(seq_len=8).input_ids)  # the location holds the split the datasets read
+
+    carved = FastHfDatasetProvider.from_hub("json", data_files=jsonl_path, tokenizer_name=tokenizer_dir,
+                                            validation_split=0.1, test_split=0.1, cache_dir=str(tmp_path / "c"),
+                                            progress=False)
+    files = [carved.train_file, carved.validation_file, carved.test_file]
+    assert len(set(files)) == 3 and all(os.path.isdir(f) for f in files)
+    assert [os.path.basename(f) for f in files] == ["train", "validation", "test"]
+
+
+def test_split_file_equivalents_for_a_url_store(tmp_path, provider):
+    """On object storage the equivalents are URLs under the store's URL."""
+    import fsspec
+
+    src = provider.cache_dir
+    fs = fsspec.filesystem("memory")
+    fs.put(src, "/archai-facade-url", recursive=True)
+    remote = FastHfDatasetProvider.from_cache("memory://archai-facade-url")
+    try:
+        assert remote.train_file == "memory://archai-facade-url/splits/train"
+        assert remote.validation_file is None
+        assert remote.get_train_dataset(seq_len=8)[0][0].shape == (8,)
+    finally:
+        fs.rm("/archai-facade-url", recursive=True)

@@ -18,6 +18,7 @@ import datasets
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from ..format.layout import SPLITS_GROUP
 from ..ingest.builder import build
 from ..read.shm import SharedTokens
 from ..read.store import TokenStore
@@ -183,6 +184,37 @@ class FastHfDatasetProvider:
     @property
     def cache_dir(self) -> str:
         return self.store.url
+
+    # -- Archai's ``train_file`` / ``validation_file`` / ``test_file`` ------------------------------
+    def split_location(self, split: str) -> str | None:
+        """Where ``split``'s tokens live: the split's folder (local path) or prefix (URL) inside the
+        store (``<cache_dir>/splits/<split>``), holding one Zarr token array per shard (plus document offsets) — not Archai's single
+        ``.npy``; read it with ``zarrtok.open(provider.cache_dir).tokens(split)``. ``None`` when the store
+        has no such split (Archai's file would not exist). With ``use_shared_memory`` this is still the
+        store's copy (the ``/dev/shm`` copies are private to the provider and freed by ``close()``)."""
+        if split not in self.store.splits:
+            return None
+        location = self.store.location
+        if location.is_local:
+            return os.path.join(location.local_path, SPLITS_GROUP, split)
+        return f"{self.store.url.rstrip('/')}/{SPLITS_GROUP}/{split}"  # the URL as the user gave it
+
+    @property
+    def train_file(self) -> str | None:
+        """Archai's ``train_file`` (``<cache_dir>/train.npy``): :meth:`split_location` of ``train``."""
+        return self.split_location("train")
+
+    @property
+    def validation_file(self) -> str | None:
+        """Archai's ``validation_file``: :meth:`split_location` of ``validation`` (``None`` with
+        ``validation_split=0.0`` and no validation split in the source)."""
+        return self.split_location("validation")
+
+    @property
+    def test_file(self) -> str | None:
+        """Archai's ``test_file``: :meth:`split_location` of ``test`` (``None`` unless the source has a
+        test split or ``test_split=`` carved one from train)."""
+        return self.split_location("test")
 
     # -- datasets -------------------------------------------------------------------------------
     def _tokens(self, split: str):
