@@ -145,6 +145,7 @@ def test_find_equals_brute_force(tmp_path_factory, n, chunk_size, m, block, seed
 
 def test_stats_cache_in_store_and_local(tmp_path, monkeypatch):
     monkeypatch.setenv("ZARRTOK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(analysis, "_indices_are_store_entries", lambda: True)  # the in-store cache, whatever commit says
     docs = random_docs(np.random.default_rng(0), [30, 0, 50, 7, 100])
     store = write_token_store(tmp_path / "s", docs, chunk_size=32)
     first = store.stats("train", seq_lens=(16,), progress=False)
@@ -170,6 +171,7 @@ def test_stats_cache_in_store_and_local(tmp_path, monkeypatch):
     assert list(again["seq_lens"]) == ["16", "64"]
     monkeypatch.undo()
     monkeypatch.setenv("ZARRTOK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(analysis, "_indices_are_store_entries", lambda: True)
 
     # a rebuild at the same path (new shard ids) is never served the old entry
     docs2 = random_docs(np.random.default_rng(1), [10, 20])
@@ -189,6 +191,21 @@ def test_stats_cache_in_store_and_local(tmp_path, monkeypatch):
         assert zarrtok.open(str(ro)).stats("train", seq_lens=(16,), progress=False)["cache_path"] == s3["cache_path"]
     finally:
         os.chmod(ro, 0o755)
+
+
+def test_overwrite_after_stats(tmp_path, monkeypatch, tokenizer):
+    """A store that has been analysed can still be rebuilt in place (its cached stats never make it
+    look like foreign data), and the rebuilt store gets fresh statistics."""
+    import datasets
+
+    monkeypatch.setenv("ZARRTOK_CACHE_DIR", str(tmp_path / "cache"))
+    out = str(tmp_path / "store")
+    first = zarrtok.build(datasets.Dataset.from_dict({"text": ["one two three", "four five"]}), tokenizer=tokenizer,
+                          output=out, progress=False)
+    assert first.stats("train", seq_lens=(2,), progress=False)["num_documents"] == 2
+    again = zarrtok.build(datasets.Dataset.from_dict({"text": ["six seven", "eight", "nine ten"]}), tokenizer=tokenizer,
+                          output=out, progress=False, overwrite=True)
+    assert again.stats("train", seq_lens=(2,), progress=False)["num_documents"] == 3
 
 
 def test_read_only_root_uses_local_cache(tmp_path, monkeypatch):

@@ -51,6 +51,8 @@ COUNT_BLOCK = 1 << 18
 READ_BLOCK = 1 << 22
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 HISTOGRAM_BINS = 48
+#: the root group of derived data (docs/format.md: "index objects keyed by generation")
+INDICES_GROUP = "indices"
 
 
 # -- counting (the part that reads every token) ----------------------------------------------------
@@ -325,6 +327,16 @@ def _write_json_atomic(path: str, data: dict[str, Any]) -> bool:
         return False
 
 
+def _indices_are_store_entries() -> bool:
+    """Whether the commit protocol treats ``<root>/indices`` as part of a store (it then overwrites and
+    deletes stores holding one); until it does, statistics go to the local cache directory."""
+    try:
+        from ..storage.commit import STORE_ENTRIES
+    except ImportError:  # pragma: no cover
+        return False
+    return INDICES_GROUP in STORE_ENTRIES
+
+
 def _read_store_json(root: str, path: str) -> dict[str, Any] | None:
     """A JSON document stored as a uint8 Zarr array inside the store (like the tokenizer files)."""
     if not os.path.exists(os.path.join(root, path, "zarr.json")):
@@ -353,7 +365,7 @@ def _write_store_json(root: str, path: str, data: dict[str, Any]) -> bool:
         payload = np.frombuffer(json.dumps(data, separators=(",", ":")).encode(), dtype=np.uint8)
         store = zarr.storage.LocalStore(root)
         parent, _, name = path.rpartition("/")
-        group = zarr.open_group(store, mode="a", path="indices")
+        group = zarr.open_group(store, mode="a", path=INDICES_GROUP)
         for part in parent.split("/")[1:]:
             group = group.require_group(part)
         tmp = f"tmp-{uuid.uuid4().hex}"
@@ -394,13 +406,15 @@ class AnalysisMixin:
         return m.generation or hashlib.sha256(f"{m.fingerprint}|{m.created}".encode()).hexdigest()[:32]
 
     def _in_store_stats(self: "TokenStore", split: str) -> tuple[str, str] | None:
-        """``(root, array path)`` of the split's stats inside a writable local store, else None."""
-        if not self.location.is_local:
+        """``(root, array path)`` of the split's stats inside a writable local store, else None.
+        Only while the storage layer counts ``indices`` as part of a store (so that a later
+        ``build(overwrite=True)`` still recognises the store as zarrtok's)."""
+        if not self.location.is_local or not _indices_are_store_entries():
             return None
         root = self.location.local_path
         if not os.access(root, os.W_OK):
             return None
-        return root, f"indices/{self._index_dir()}/stats-{split}.json"
+        return root, f"{INDICES_GROUP}/{self._index_dir()}/stats-{split}.json"
 
     def _local_stats_path(self: "TokenStore", split: str) -> str:
         return os.path.join(_cache_base(), f"{self._content_key(split)}-{split}.json")
