@@ -1,10 +1,11 @@
 """Build speed: ``zarrtok.build`` tokens/s and peak memory (PSS of the build's process tree), Hugging Face encoder vs the verified
-tiktoken fast path, with 1 and 2 workers, on the same corpus in the same run.
+tiktoken and gigatoken fast paths, with 1 and 2 workers, on the same corpus in the same run.
 
 Run from the repository root::
 
-    python -m benchmarks.build_speed               # ~20M tokens (the random_access corpus), ~3 minutes
+    python -m benchmarks.build_speed               # ~20M tokens (the random_access corpus), ~5 minutes
     python -m benchmarks.build_speed --tokens 2000000 --rounds 1
+    python -m benchmarks.build_speed --profile 50  # cProfile one gigatoken build of a ~50 MB JSONL: where the time goes
 
 Each build runs in a fresh child process (``--one``), so its time is its own; its peak memory is the
 peak over the run of the summed PSS (``/proc/<pid>/smaps_rollup``: shared pages split between
@@ -38,7 +39,7 @@ from benchmarks.common import (
 )
 
 DEFAULT_JSON = default_json("build_speed")
-CONTENDERS = [("hf", 1), ("auto", 1), ("hf", 2), ("auto", 2)]
+CONTENDERS = [("hf", 1), ("tiktoken", 1), ("gigatoken", 1), ("hf", 2), ("tiktoken", 2), ("gigatoken", 2)]
 
 
 def build_one(data_path: str, tok_dir: str, output: str, encoder: str, workers: int) -> dict[str, Any]:
@@ -50,13 +51,20 @@ def build_one(data_path: str, tok_dir: str, output: str, encoder: str, workers: 
     import zarrtok
 
     shutil.rmtree(output, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     store = zarrtok.build("json", data_files=data_path, tokenizer_name=tok_dir, output=output, num_workers=workers,
                           encoder=encoder, validation_split=0.0, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     tokens = np.asarray(store.tokens("train"))
-    return {"seconds": seconds, "tokens": int(tokens.size), "encoder": store.manifest.encoder,
+    return {"seconds": seconds, "cpu_seconds": cpu, "tokens": int(tokens.size), "encoder": store.manifest.encoder,
             "digest": hashlib.sha256(tokens.tobytes()).hexdigest()}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (the build's workers): on a shared machine,
+    tokens per CPU-second is steadier than tokens per wall second."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     data_path, tok_dir, corpus = make_corpus(workdir, args.tokens)
     print(f"corpus: {corpus['documents']:,} documents, {os.path.getsize(data_path) / 1e6:.0f} MB", flush=True)
-    # datasets converts the JSONL to Arrow once (cached); do it before timing so no contender pays it
+    # warm the page cache (and, for sources that go through datasets, its Arrow cache) before timing
     build_one(data_path, tok_dir, os.path.join(workdir, "warm"), "hf", 1)
     results: dict[str, list[dict[str, Any]]] = {f"{e}/{w}": [] for e, w in CONTENDERS}
     for r in range(args.rounds):
@@ -82,25 +90,167 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             row["peak_pss_mb"] = peak
             row["tokens_per_second"] = row["tokens"] / row["seconds"]
             results[f"{encoder}/{workers}"].append(row)
+            row["tokens_per_cpu_second"] = row["tokens"] / row["cpu_seconds"]
             print(f"round {r} {encoder}/{workers}: {row['tokens_per_second'] / 1e6:.2f}M tok/s, "
+                  f"{row['tokens_per_cpu_second'] / 1e6:.2f}M tok/CPU-s, "
                   f"peak {row['peak_pss_mb']:.0f} MB ({row['encoder'][:16]})", flush=True)
             shutil.rmtree(out, ignore_errors=True)
     digests = {row["digest"] for rows in results.values() for row in rows}
     if len(digests) != 1:
         raise AssertionError(f"the builds produced different tokens: {digests}")
     summary = {name: {"tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
+                      "tokens_per_cpu_second": statistics.median(r["tokens_per_cpu_second"] for r in rows),
                       "peak_pss_mb": statistics.median(r["peak_pss_mb"] for r in rows),
                       "encoder": rows[0]["encoder"]} for name, rows in results.items()}
     return {"benchmark": "build_speed", "command": " ".join(["python", "-m", "benchmarks.build_speed", *sys.argv[1:]]),
             "machine": machine_info(), "corpus": corpus, "results": results, "summary": summary,
-            "ratios": {f"{w} worker(s)": summary[f"auto/{w}"]["tokens_per_second"] / summary[f"hf/{w}"]["tokens_per_second"]
-                       for w in (1, 2)},
+            "ratios": {f"{fast} vs {ref}, {w} worker(s)": summary[f"{fast}/{w}"]["tokens_per_second"]
+                       / summary[f"{ref}/{w}"]["tokens_per_second"]
+                       for w in (1, 2) for fast, ref in (("tiktoken", "hf"), ("gigatoken", "hf"), ("gigatoken", "tiktoken"))},
             "total_seconds": time.perf_counter() - t_start}
 
 
+# -- where the time goes: one gigatoken build under cProfile -------------------------------------------------
+#: Stages of a build: (label, [(file suffix, function, caller file suffix, caller function), ...]). A
+#: stage's time is the cumulative time of its functions when called from that caller (from the build
+#: loop, not from the verification that also reads and encodes a sample; caller None: from anywhere).
+_LOOP = ("ingest/builder.py", "encode")  # _EncodePool.encode: the in-process build loop
+STAGES = [
+    ("load tokenizer (AutoTokenizer)", [("ingest/tokenization.py", "load_tokenizer", None, None)]),
+    ("open source (scan JSONL blocks, splits)", [("ingest/builder.py", "_open_documents", None, None)]),
+    ("choose encoder (shape check + verification)", [("ingest/builder.py", "_choose_encoder", None, None)]),
+    ("read + parse (JSON Lines -> str)", [("ingest/jsonl.py", "texts", *_LOOP)]),
+    ("encode (GigatokenDocumentEncoder.encode)", [("ingest/gigatoken_encoding.py", "encode", *_LOOP)]),
+    ("write (ShardWriter.add/close: chunks, CRC, offsets)", [("ingest/writer.py", "add", None, None),
+                                                            ("ingest/writer.py", "close", None, None)]),
+    ("commit (manifest, rename)", [("storage/commit.py", "commit_staging", None, None)]),
+    ("wait for workers (pool imap: read+parse+encode+pickle there)", [("multiprocessing/pool.py", "next", *_LOOP)]),
+]
+
+
+def _stage_seconds(stats: Any) -> dict[str, float]:
+    def matches(key: tuple, suffix: str, name: str) -> bool:
+        return key[0].endswith(suffix) and key[2] == name
+
+    found: dict[str, float] = {}
+    for label, functions in STAGES:
+        total = 0.0
+        for suffix, name, caller_suffix, caller_name in functions:
+            for key, (_cc, _nc, _tt, ct, callers) in stats.stats.items():
+                if not matches(key, suffix, name):
+                    continue
+                if caller_suffix is None:
+                    total += ct
+                else:
+                    total += sum(c[3] for k, c in callers.items() if matches(k, caller_suffix, caller_name))
+        found[label] = total
+    # inside encode: gigatoken's encode_batch (Rust) + buffers vs the numpy assembly, split in proportion
+    enc = [(v[3], v[4]) for k, v in stats.stats.items() if matches(k, "ingest/gigatoken_encoding.py", "encode")]
+    flat = [v for k, v in stats.stats.items() if matches(k, "ingest/gigatoken_encoding.py", "_encode_flat")]
+    if enc and flat and enc[0][0]:
+        loop_share = found["encode (GigatokenDocumentEncoder.encode)"] / enc[0][0]
+        from_encode = sum(c[3] for k, c in flat[0][4].items() if matches(k, "ingest/gigatoken_encoding.py", "encode"))
+        sub = {"  of which gigatoken encode_batch + ids as numpy": from_encode * loop_share}
+        items = list(found.items())
+        at = next(i for i, (k, _) in enumerate(items) if k.startswith("encode ")) + 1
+        found = dict(items[:at] + list(sub.items()) + items[at:])
+    return found
+
+
+def _profiled_build(data_path: str, tok_dir: str, output: str, workers: int) -> tuple[float, float, dict[str, float], int]:
+    import cProfile
+    import pstats
+
+    import zarrtok
+
+    shutil.rmtree(output, ignore_errors=True)
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.enable()
+    store = zarrtok.build("json", data_files=data_path, tokenizer_name=tok_dir, output=output, num_workers=workers,
+                          encoder="gigatoken", validation_split=0.0, progress=False)
+    profiler.disable()
+    seconds = time.perf_counter() - t0
+    stats = pstats.Stats(profiler)
+    total = sum(ct for (path, _l, name), (_cc, _nc, _tt, ct, _c) in stats.stats.items()
+                if path.endswith("ingest/builder.py") and name == "build")
+    return seconds, total, _stage_seconds(stats), store.num_tokens("train")
+
+
+def _transfer_seconds(data_path: str, tok_dir: str) -> dict[str, float]:
+    """What moving each task's result between processes costs: pickling (the worker) and unpickling (the
+    parent) every batch's ``(tokens, lengths)``, as ``multiprocessing.Pool`` does (the pipe copy aside)."""
+    import pickle
+
+    from zarrtok.ingest.gigatoken_encoding import GigatokenDocumentEncoder
+    from zarrtok.ingest.jsonl import JsonLinesDocuments
+    from zarrtok.ingest.tokenization import backend_json, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_name=tok_dir)
+    enc = GigatokenDocumentEncoder(backend_json(tok), eos_token_id=tok.eos_token_id, add_special_tokens=True, dtype="uint16")
+    docs = JsonLinesDocuments.open({"train": [data_path]}, columns=["text"], separator="\n\n", validation_split=0.0,
+                                   test_split=None, seed=0, splits=None, batch_size=1000)
+    results = [enc.encode(docs.texts(task)) for task in docs.tasks("train", 1000)]
+    t0 = time.perf_counter()
+    nbytes = 0
+    for result in results:
+        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        nbytes += len(data)
+        pickle.loads(data)
+    return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "batches": len(results)}
+
+
+def profile(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    isolate_caches(workdir)
+    t0 = time.perf_counter()
+    import transformers  # noqa: F401  (imported before the builds: its import is not the build's)
+
+    import zarrtok  # noqa: F401
+
+    imports = time.perf_counter() - t0
+    data_path, tok_dir, corpus = make_corpus(workdir, int(args.profile * 1e6 / 4.6))
+    with open(data_path, "rb") as f:  # warm the page cache
+        while f.read(1 << 24):
+            pass
+    print(f"corpus: {corpus['documents']:,} documents, {os.path.getsize(data_path) / 1e6:.0f} MB", flush=True)
+    out = os.path.join(workdir, "store")
+    plain = build_one(data_path, tok_dir, out, "gigatoken", 1)  # (pays gigatoken's ~1 s first-call set-up)
+    seconds, total, stages, tokens = _profiled_build(data_path, tok_dir, out, 1)
+    seconds2, total2, stages2, _ = _profiled_build(data_path, tok_dir, out, 2)
+    plain2 = build_one(data_path, tok_dir, out, "gigatoken", 2)
+    transfer = _transfer_seconds(data_path, tok_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"benchmark": "build_speed_profile", "command": " ".join(["python", "-m", "benchmarks.build_speed", *sys.argv[1:]]),
+            "machine": machine_info(), "corpus": corpus, "tokens": tokens, "imports_seconds": imports,
+            "unprofiled": {"1 worker": plain, "2 workers": plain2},
+            "profiled_1_worker": {"seconds": seconds, "build_cumulative": total, "stages": stages},
+            "profiled_2_workers_main_process": {"seconds": seconds2, "build_cumulative": total2, "stages": stages2},
+            "transfer_pickle_roundtrip": transfer, "total_seconds": time.perf_counter() - t0}
+
+
+def print_profile(report: dict[str, Any]) -> None:
+    tokens = report["tokens"]
+    for key in ("1 worker", "2 workers"):
+        u = report["unprofiled"][key]
+        print(f"unprofiled gigatoken build, {key}: {u['seconds']:.2f} s, {tokens / u['seconds'] / 1e6:.2f}M tokens/s, "
+              f"{u['cpu_seconds']:.2f} CPU-s")
+    for key, label in (("profiled_1_worker", "1 worker, in-process"), ("profiled_2_workers_main_process", "2 workers: the main process")):
+        p = report[key]
+        print(f"\ncProfile, {label}: build() {p['build_cumulative']:.2f} s ({p['seconds']:.2f} s wall)")
+        print(f"{'stage':<62} {'seconds':>8} {'share':>6}")
+        for label_, sec in p["stages"].items():
+            if sec > 0:
+                print(f"{label_:<62} {sec:8.2f} {sec / p['build_cumulative']:6.1%}")
+        rest = p["build_cumulative"] - sum(v for k, v in p["stages"].items() if not k.startswith(" "))
+        print(f"{'other (staging, tokenizer files, progress, ...)':<62} {rest:8.2f} {rest / p['build_cumulative']:6.1%}")
+    t = report["transfer_pickle_roundtrip"]
+    print(f"\ntransfer: pickle + unpickle of {t['batches']} results ({t['bytes'] / 1e6:.0f} MB): {t['seconds']:.3f} s")
+
+
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The suite's result rows: build tokens/s of the tiktoken fast path over Hugging Face's encoder."""
-    return [row("build_speed", f"build tokens/s, tiktoken fast path vs HF, {k}", v, reference="HF tokenizers",
+    """The suite's result rows: build tokens/s of each fast path over Hugging Face's encoder (and gigatoken
+    over tiktoken)."""
+    return [row("build_speed", f"build tokens/s, {k}", v, reference=k.split(" vs ")[1].split(",")[0],
                 conditions=conditions(report, tokens=report["results"]["hf/1"][0]["tokens"],
                                       rounds=len(report["results"]["hf/1"])))
             for k, v in report["ratios"].items()]
@@ -112,18 +262,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds of the four builds (default 3)")
     p.add_argument("--json", default=DEFAULT_JSON)
     p.add_argument("--workdir", default=None, help="keep data here instead of a temporary directory")
+    p.add_argument("--profile", type=float, default=None, metavar="MB",
+                   help="instead: cProfile one gigatoken build (1 and 2 workers) of a JSONL corpus of about MB megabytes")
     p.add_argument("--one", nargs=5, metavar=("DATA", "TOKENIZER", "OUTPUT", "ENCODER", "WORKERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         data_path, tok_dir, output, encoder, workers = args.one
         print(json.dumps(build_one(data_path, tok_dir, output, encoder, int(workers))))
         return 0
+    if args.profile:
+        report = run_in_workdir(profile, args, "zarrtok-bench-profile-")
+        print_profile(report)
+        write_report(report, args.json.replace("build_speed.json", "build_speed_profile.json"))
+        return 0
     report = run_in_workdir(run, args, "zarrtok-bench-build-")
-    print("\nencoder / workers   tokens/s    peak PSS (process tree)")
+    print("\nencoder / workers   tokens/s   tokens/CPU-s   peak PSS (process tree)")
     for name, s in report["summary"].items():
-        print(f"{name:<18} {s['tokens_per_second'] / 1e6:6.2f}M  {s['peak_pss_mb']:8.0f} MB   {s['encoder'][:40]}")
+        print(f"{name:<18} {s['tokens_per_second'] / 1e6:6.2f}M  {s['tokens_per_cpu_second'] / 1e6:8.2f}M  "
+              f"{s['peak_pss_mb']:8.0f} MB   {s['encoder'][:40]}")
     for k, v in report["ratios"].items():
-        print(f"fast path / HF with {k}: {v:.2f}x")
+        print(f"{k}: {v:.2f}x")
     report["rows"] = rows(report)
     write_report(report, args.json)
     return 0
