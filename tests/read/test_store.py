@@ -27,7 +27,7 @@ def test_open_exposes_metadata(small_chunk_store, truth, tokenizer):
     assert store.config["chunk_size"] == 777
     assert store.num_tokens("train") == len(truth)
     assert store.eos_token_id == tokenizer.eos_token_id
-    assert store.manifest.encoder.startswith(("tiktoken==", "hf-tokenizers=="))  # which one ran is recorded
+    assert store.manifest.encoder.startswith(("gigatoken==", "tiktoken==", "hf-tokenizers=="))  # which one ran is recorded
     assert isinstance(store.tokens("train").readers[0], LocalShardReader)
     assert "train=" in repr(store)
 

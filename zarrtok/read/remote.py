@@ -141,29 +141,37 @@ class RemoteShardReader(ChunkedShardReader):
     def _key(self, k: int) -> tuple[str, int]:
         return (self._namespace, k)
 
-    def _block_table(self) -> np.ndarray:
-        """Every block checksum of this shard (fetched once per process: one concurrent round over
-        the ``block_crc32c`` array's chunk objects, each CRC-checked itself)."""
-        table = self._blocks
-        if table is not None:
-            return table
-        per_chunk = blocks_per_chunk(self.chunk_size, self.dtype.itemsize, self.block_bytes)
-        count = self._num_chunks * per_chunk
+    def block_table_requests(self) -> list[tuple[str, int, int]]:
+        """The GETs ``(key, start, end)`` of this shard's block checksums while this process does not
+        hold them yet (the token array adds them to a batch's one concurrent round), else ``[]``."""
+        if not self.verified_ranges or self._blocks is not None:
+            return []
+        count = self._num_chunks * blocks_per_chunk(self.chunk_size, self.dtype.itemsize, self.block_bytes)
         chunk = DOC_ENDS_CHUNK if count >= DOC_ENDS_CHUNK else max(1, count)
         base = self.spec.array_path.rsplit("/", 1)[0] + "/block_crc32c/c/"
-        keys = [f"{base}{k}" for k in range(-(-count // chunk))]
         size = chunk * BLOCK_CRCS_DTYPE.itemsize + 4
-        try:
-            blobs = self._io.get_ranges(keys, [0] * len(keys), [size] * len(keys))
-        except FileNotFoundError:
-            raise IncompleteStoreError(f"{self.spec.where}: its block checksums ({base}...) are missing") from None
+        return [(f"{base}{k}", 0, size) for k in range(-(-count // chunk))]
+
+    def install_block_table(self, requests: Sequence[tuple[str, int, int]], blobs: Sequence[bytes]) -> None:
+        """Check and keep the block checksums fetched for :meth:`block_table_requests`."""
+        count = self._num_chunks * blocks_per_chunk(self.chunk_size, self.dtype.itemsize, self.block_bytes)
         parts = []
-        for key, blob in zip(keys, blobs):
+        for (key, _, end), blob in zip(requests, blobs):
             check_chunk_crc(blob, f"{self.spec.where}, block checksums {key}")
-            parts.append(np.frombuffer(blob, dtype=BLOCK_CRCS_DTYPE, count=chunk))
-        table = np.concatenate(parts)[:count]
-        self._blocks = table
-        return table
+            parts.append(np.frombuffer(blob, dtype=BLOCK_CRCS_DTYPE, count=(end - 4) // BLOCK_CRCS_DTYPE.itemsize))
+        self._blocks = np.concatenate(parts)[:count]
+
+    def _block_table(self) -> np.ndarray:
+        """Every block checksum of this shard (fetched once per process, each chunk of the
+        ``block_crc32c`` array CRC-checked itself)."""
+        if self._blocks is None:
+            requests = self.block_table_requests()
+            try:
+                blobs = self._io.get_ranges(*zip(*requests))
+            except FileNotFoundError:
+                raise IncompleteStoreError(f"{self.spec.where}: its block checksums are missing") from None
+            self.install_block_table(requests, blobs)
+        return self._blocks
 
     def _pending(self, row: int, col: int, k: int, lo: int, hi: int) -> PendingRange:
         """The ranged GET for shard-local tokens ``[lo, hi)`` in chunk ``k``: exactly those bytes, or
@@ -298,8 +306,7 @@ class RemoteShardReader(ChunkedShardReader):
         if a < b <= (k + 1) * c:  # inside one chunk: decide range-vs-chunk exactly once
             if not self._use_range(k):
                 return self._chunk(k)[a - k * c : b - k * c]
-            p = self._pending(0, 0, k, a, b)
-            self.fill([p], self._fetch([p]), out)
+            fetch_and_fill([self._pending(0, 0, k, a, b)], out)
             return out[0]
         self.read_batch_into([a], b - a, out)
         return out[0]
@@ -312,7 +319,7 @@ class RemoteShardReader(ChunkedShardReader):
             return
         pending = self.gather([(row, 0, a, a + n) for row, a in enumerate(starts)], out)
         if pending:
-            self.fill(pending, self._fetch(pending), out)
+            fetch_and_fill(pending, out)
 
     def gather(self, pieces: Sequence[tuple[int, int, int, int]], out: np.ndarray) -> list[PendingRange]:
         """Serve pieces ``(row, col, a, b)`` from cached chunks where possible (fetching whole chunks
@@ -344,13 +351,6 @@ class RemoteShardReader(ChunkedShardReader):
                 k += 1
         return pending
 
-    def _fetch(self, pending: Sequence[PendingRange]) -> list[bytes]:
-        try:
-            return self._io.get_ranges([p.key for p in pending], [p.start for p in pending],
-                                       [p.end for p in pending])
-        except FileNotFoundError as exc:
-            raise IncompleteStoreError(f"{self.spec.where}: chunk object missing: {exc}") from None
-
     def fill(self, pending: Sequence[PendingRange], blobs: Sequence[bytes], out: np.ndarray) -> None:
         """Write the fetched byte ranges into ``out``, each verified against its block checksums
         (a mismatch is fetched once more, then raises :class:`~zarrtok.errors.ChecksumError`)."""
@@ -369,3 +369,33 @@ class RemoteShardReader(ChunkedShardReader):
             skip = (p.lo - p.chunk * self.chunk_size) * itemsize - p.start
             out[p.row, p.col : p.col + (p.hi - p.lo)] = np.frombuffer(blob, dtype=self.dtype, count=p.hi - p.lo,
                                                                        offset=skip)
+
+
+def fetch_and_fill(pending: Sequence[PendingRange], out: np.ndarray) -> None:
+    """Fetch every pending range of a batch — from any shards of one store — plus the block
+    checksums of shards this process has not read yet, in **one** concurrent round of GETs, then
+    verify and write them into ``out``."""
+    readers: dict[int, Any] = {}
+    for p in pending:
+        readers.setdefault(id(p.reader), p.reader)
+    tables = [(r, r.block_table_requests()) for r in readers.values()]
+    tables = [(r, reqs) for r, reqs in tables if reqs]
+    keys = [p.key for p in pending] + [k for _, reqs in tables for k, _, _ in reqs]
+    starts = [p.start for p in pending] + [a for _, reqs in tables for _, a, _ in reqs]
+    ends = [p.end for p in pending] + [b for _, reqs in tables for _, _, b in reqs]
+    first = pending[0].reader
+    try:
+        blobs = first._io.get_ranges(keys, starts, ends)
+    except FileNotFoundError as exc:
+        raise IncompleteStoreError(f"{first.spec.location.url}: an object is missing: {exc}") from None
+    pos = len(pending)
+    for reader, reqs in tables:
+        reader.install_block_table(reqs, blobs[pos : pos + len(reqs)])
+        pos += len(reqs)
+    by_reader: dict[int, tuple[Any, list, list]] = {}
+    for p, blob in zip(pending, blobs):
+        entry = by_reader.setdefault(id(p.reader), (p.reader, [], []))
+        entry[1].append(p)
+        entry[2].append(blob)
+    for reader, ps, bs in by_reader.values():
+        reader.fill(ps, bs, out)

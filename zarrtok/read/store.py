@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from ..errors import IncompleteStoreError
+from ..errors import IncompleteStoreError, StoreNotFoundError
 from ..format import (
     DOC_ENDS_CHUNK,
     DOC_ENDS_DTYPE,
@@ -25,6 +25,7 @@ from ..format import (
     raw_chunk_layout,
     tokens_path,
 )
+from ..storage.commit import recover
 from ..storage.copying import copy_store
 from ..storage.location import Location, as_location
 from ..storage.manifest_io import read_manifest
@@ -64,7 +65,15 @@ def open(  # noqa: A001
     """
     location = as_location(path_or_url, storage_options)
     policy = _retry_policy(reader_options or {})
-    return TokenStore(location, read_manifest(location, policy), reader_options=reader_options)
+    try:
+        manifest = read_manifest(location, policy)
+    except StoreNotFoundError:
+        # a local overwrite interrupted between its two renames (no renameat2) hid the old store:
+        # put it back rather than report nothing there
+        if recover(location) is None:
+            raise
+        manifest = read_manifest(location, policy)
+    return TokenStore(location, manifest, reader_options=reader_options)
 
 
 def _retry_policy(options: dict[str, Any]) -> RetryPolicy:

@@ -154,18 +154,10 @@ class TokenArray:
         pending = []
         for i, shard_pieces in pieces.items():
             pending.extend(self.readers[i].gather(shard_pieces, out))
-        if not pending:
-            return
-        # All shards of a split live in one store: one ObjectIO round for every shard's ranges.
-        objects = pending[0].reader._io
-        blobs = objects.get_ranges([p.key for p in pending], [p.start for p in pending], [p.end for p in pending])
-        by_reader: dict[int, tuple[Any, list, list]] = {}
-        for p, blob in zip(pending, blobs):
-            entry = by_reader.setdefault(id(p.reader), (p.reader, [], []))
-            entry[1].append(p)
-            entry[2].append(blob)
-        for reader, ps, bs in by_reader.values():
-            reader.fill(ps, bs, out)
+        if pending:  # only remote readers leave requests; all shards of a split are in one store
+            from .remote import fetch_and_fill
+
+            fetch_and_fill(pending, out)
 
     def chunk_of(self, positions: Any) -> np.ndarray:
         """Global chunk number (counting across shards) of each token position."""
