@@ -17,11 +17,10 @@ import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import zarr
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import IncompleteStoreError, StoreExistsError, StoreNotFoundError, ZarrtokError
+from ..errors import StoreExistsError, ZarrtokError
 from ..format import (
     ATTRIBUTE_KEY,
     DEFAULT_BLOCK_BYTES,

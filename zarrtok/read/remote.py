@@ -324,7 +324,7 @@ class RemoteShardReader(ChunkedShardReader):
     def gather(self, pieces: Sequence[tuple[int, int, int, int]], out: np.ndarray) -> list[PendingRange]:
         """Serve pieces ``(row, col, a, b)`` from cached chunks where possible (fetching whole chunks
         that ``auto`` decides to cache); return the ranged GETs still needed."""
-        c, itemsize = self.chunk_size, self.dtype.itemsize
+        c = self.chunk_size
         cache = self._cache()  # also resets per-process state in a new process
         namespace = self._namespace
         use_cache = self.mode != "range"  # range mode: exactly one GET per window piece, always
