@@ -39,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,8 +101,17 @@ def write_synthetic(output: str, num_tokens: int, seed: int = 0) -> float:
     """A complete uint16 store of ``num_tokens`` Zipf ids written with zarrtok's writer; seconds."""
     import zarr
 
-    from zarrtok.format import (ATTRIBUTE_KEY, DEFAULT_CHUNK_BYTES, STATUS_COMPLETE, Manifest, ShardInfo,
-                                SplitInfo, new_id, shard_name, shard_path)
+    from zarrtok.format import (
+        ATTRIBUTE_KEY,
+        DEFAULT_CHUNK_BYTES,
+        STATUS_COMPLETE,
+        Manifest,
+        ShardInfo,
+        SplitInfo,
+        new_id,
+        shard_name,
+        shard_path,
+    )
     from zarrtok.ingest.writer import ShardWriter
 
     shutil.rmtree(output, ignore_errors=True)

@@ -4,6 +4,7 @@ text, provenance from a manifest that records it (and the fallback when it does 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -28,8 +29,16 @@ def write_token_store(path, doc_tokens: list[np.ndarray], *, chunk_size: int, sh
 
     import zarr
 
-    from zarrtok.format import (ATTRIBUTE_KEY, STATUS_COMPLETE, Manifest, ShardInfo, SplitInfo, new_id,
-                                shard_name, shard_path)
+    from zarrtok.format import (
+        ATTRIBUTE_KEY,
+        STATUS_COMPLETE,
+        Manifest,
+        ShardInfo,
+        SplitInfo,
+        new_id,
+        shard_name,
+        shard_path,
+    )
     from zarrtok.ingest.writer import ShardWriter
 
     shutil.rmtree(path, ignore_errors=True)
@@ -298,7 +307,7 @@ def test_explain_reassembles_the_window(text_store, truth, seq_len):
         pieces = ex["documents"]
         # pieces tile the window's L + 1 tokens in order
         assert pieces[0]["window_start"] == 0 and pieces[-1]["window_stop"] == seq_len + 1
-        for p, q in zip(pieces, pieces[1:]):
+        for p, q in itertools.pairwise(pieces):
             assert p["window_stop"] == q["window_start"] and p["is_end"] and q["is_start"]
         ids = np.concatenate([store.tokens("train")[offsets[p["document"]] + p["doc_token_start"]:
                                                     offsets[p["document"]] + p["doc_token_stop"]] for p in pieces])

@@ -21,7 +21,8 @@ import logging
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,15 +32,15 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AnalysisMixin",
-    "StoreStats",
     "DEFAULT_SEQ_LENS",
     "STATS_VERSION",
+    "AnalysisMixin",
+    "StoreStats",
     "compute_token_counts",
     "document_length_stats",
-    "seq_len_stats",
-    "format_stats",
     "format_explanation",
+    "format_stats",
+    "seq_len_stats",
 ]
 
 DEFAULT_SEQ_LENS = (512, 2048, 8192)
@@ -250,8 +251,8 @@ def format_stats(stats: dict[str, Any], tokenizer: Any = None, top: int = 10) ->
     dl = s["document_length"]
     q = dl["quantiles"]
     lines = [
-        f"split {s['split']}: {s['num_tokens']:,} tokens, {s['num_documents']:,} documents "
-        f"({s['empty_documents']:,} empty), {s['eos_count']:,} EOS",
+        (f"split {s['split']}: {s['num_tokens']:,} tokens, {s['num_documents']:,} documents "
+         f"({s['empty_documents']:,} empty), {s['eos_count']:,} EOS"),
         f"vocabulary: {s['distinct_tokens']:,} of {s['vocab_size']:,} ids used ({s['unused_ids']:,} never seen)",
     ]
     if q:
@@ -273,8 +274,8 @@ def format_stats(stats: dict[str, Any], tokenizer: Any = None, top: int = 10) ->
 
 def format_explanation(ex: dict[str, Any]) -> str:
     """A human-readable explanation of one window (the CLI's output)."""
-    lines = [f"window {ex['index']} of {ex['split']} at seq_len {ex['seq_len']}: tokens [{ex['start']:,}, "
-             f"{ex['stop']:,}) ({ex['windows']:,} windows), {len(ex['documents'])} document(s)"]
+    lines = [(f"window {ex['index']} of {ex['split']} at seq_len {ex['seq_len']}: tokens [{ex['start']:,}, "
+              f"{ex['stop']:,}) ({ex['windows']:,} windows), {len(ex['documents'])} document(s)")]
     for d in ex["documents"]:
         src = d.get("source")
         where = "source unrecorded" if src is None else _describe_source(src)
@@ -364,7 +365,7 @@ def _write_store_json(root: str, path: str, data: dict[str, Any]) -> bool:
 
         payload = np.frombuffer(json.dumps(data, separators=(",", ":")).encode(), dtype=np.uint8)
         store = zarr.storage.LocalStore(root)
-        parent, _, name = path.rpartition("/")
+        parent = path.rpartition("/")[0]
         group = zarr.open_group(store, mode="a", path=INDICES_GROUP)
         for part in parent.split("/")[1:]:
             group = group.require_group(part)
@@ -392,20 +393,20 @@ class AnalysisMixin:
     """Analysis methods of :class:`~zarrtok.read.store.TokenStore` (``self`` is the store)."""
 
     # ---- identity and cache ----
-    def _content_key(self: "TokenStore", split: str) -> str:
+    def _content_key(self: TokenStore, split: str) -> str:
         """A digest of what the split's tokens are: its shard ids (content identities) in order."""
         info = self._split(split)
         parts = [self.manifest.fingerprint, split] + [
             f"{self.manifest.shard_key(split, s)}:{s.num_tokens}:{s.num_documents}" for s in info.shards]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
-    def _index_dir(self: "TokenStore") -> str:
+    def _index_dir(self: TokenStore) -> str:
         """The store's derived-data folder for this generation: ``indices/<generation>`` (format-1
         stores: a digest of fingerprint + creation time)."""
         m = self.manifest
         return m.generation or hashlib.sha256(f"{m.fingerprint}|{m.created}".encode()).hexdigest()[:32]
 
-    def _in_store_stats(self: "TokenStore", split: str) -> tuple[str, str] | None:
+    def _in_store_stats(self: TokenStore, split: str) -> tuple[str, str] | None:
         """``(root, array path)`` of the split's stats inside a writable local store, else None.
         Only while the storage layer counts ``indices`` as part of a store (so that a later
         ``build(overwrite=True)`` still recognises the store as zarrtok's)."""
@@ -416,10 +417,10 @@ class AnalysisMixin:
             return None
         return root, f"{INDICES_GROUP}/{self._index_dir()}/stats-{split}.json"
 
-    def _local_stats_path(self: "TokenStore", split: str) -> str:
+    def _local_stats_path(self: TokenStore, split: str) -> str:
         return os.path.join(_cache_base(), f"{self._content_key(split)}-{split}.json")
 
-    def _load_cached_stats(self: "TokenStore", split: str) -> tuple[dict[str, Any] | None, str | None]:
+    def _load_cached_stats(self: TokenStore, split: str) -> tuple[dict[str, Any] | None, str | None]:
         key = self._content_key(split)
         candidates: list[tuple[str, Any]] = []
         where = self._in_store_stats(split)
@@ -433,7 +434,7 @@ class AnalysisMixin:
                 return data, path
         return None, None
 
-    def _save_stats(self: "TokenStore", split: str, data: dict[str, Any]) -> str | None:
+    def _save_stats(self: TokenStore, split: str, data: dict[str, Any]) -> str | None:
         where = self._in_store_stats(split)
         if where is not None and _write_store_json(*where, data):
             return os.path.join(*where)
@@ -441,7 +442,7 @@ class AnalysisMixin:
         return local if _write_json_atomic(local, data) else None
 
     # ---- statistics ----
-    def vocab_size(self: "TokenStore") -> int:
+    def vocab_size(self: TokenStore) -> int:
         """Ids the tokenizer can produce (``max(len, max_id + 1)`` from the manifest; else the dtype's range)."""
         tok = self.manifest.tokenizer
         size = max(int(tok.get("len") or 0), int(tok.get("max_id") or -1) + 1)
@@ -449,7 +450,7 @@ class AnalysisMixin:
             size = 1 << 16 if self.dtype.itemsize == 2 else 1 << 17
         return size
 
-    def stats(self: "TokenStore", split: str = "train", seq_lens: Sequence[int] = DEFAULT_SEQ_LENS, *,
+    def stats(self: TokenStore, split: str = "train", seq_lens: Sequence[int] = DEFAULT_SEQ_LENS, *,
               progress: bool = True, refresh: bool = False, cache: bool = True) -> StoreStats:
         """Statistics of ``split``, computed chunk by chunk (memory: one read block plus one count per id):
 
@@ -479,7 +480,7 @@ class AnalysisMixin:
                 "split": split,
                 "fingerprint": self.fingerprint,
                 "dtype": self.dtype.name,
-                "num_tokens": int(len(tokens)),
+                "num_tokens": len(tokens),
                 "num_documents": int(offsets.size - 1),
                 "empty_documents": doc["empty"],
                 "eos_token_id": eos,
@@ -508,7 +509,7 @@ class AnalysisMixin:
         return result
 
     # ---- decoding ----
-    def decode(self: "TokenStore", split: str, start: int = 0, stop: int | None = None) -> str:
+    def decode(self: TokenStore, split: str, start: int = 0, stop: int | None = None) -> str:
         """The text of tokens ``[start, stop)`` of ``split`` (Python slice semantics), decoded with the
         stored tokenizer (special tokens kept, so document boundaries show as EOS)."""
         tokens = self.tokens(split)
@@ -516,7 +517,7 @@ class AnalysisMixin:
         ids = tokens.read(a, max(a, b)).tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def document_tokens(self: "TokenStore", split: str, d: int, *, eos: bool = False) -> np.ndarray:
+    def document_tokens(self: TokenStore, split: str, d: int, *, eos: bool = False) -> np.ndarray:
         """Token ids of document ``d`` (row ``d`` of the source split); its trailing EOS only with ``eos=True``."""
         offsets = self.documents(split)
         n = offsets.size - 1
@@ -530,14 +531,14 @@ class AnalysisMixin:
             ids = ids[:-1]
         return ids
 
-    def document(self: "TokenStore", split: str, d: int, *, eos: bool = False) -> str:
+    def document(self: TokenStore, split: str, d: int, *, eos: bool = False) -> str:
         """The text of document ``d`` of ``split`` (the build's EOS removed unless ``eos=True``); for
         a lossless tokenizer (byte-level BPE) this is the source text."""
         ids = self.document_tokens(split, d, eos=eos).tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     # ---- provenance ----
-    def _provenance_table(self: "TokenStore", split: str) -> dict[str, np.ndarray] | None:
+    def _provenance_table(self: TokenStore, split: str) -> dict[str, np.ndarray] | None:
         """Flattened provenance runs of the split in global document numbering, or None when any
         shard lacks them (or they do not add up to the shard's documents)."""
         cache = self.__dict__.setdefault("_provenance_tables", {})
@@ -574,7 +575,7 @@ class AnalysisMixin:
         cache[split] = table
         return table
 
-    def locate_documents(self: "TokenStore", split: str, docs: Any) -> tuple[np.ndarray, np.ndarray]:
+    def locate_documents(self: TokenStore, split: str, docs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised provenance: ``(source_index, row)`` arrays for the documents ``docs`` of
         ``split``. Without recorded provenance, ``source_index`` is -1 and ``row`` is the document
         index within the split (which is the row of the split after the build's split rules)."""
@@ -585,7 +586,7 @@ class AnalysisMixin:
         run = np.searchsorted(table["first_doc"], d, side="right") - 1
         return table["source"][run], table["first_row"][run] + (d - table["first_doc"][run])
 
-    def provenance(self: "TokenStore", split: str, d: int) -> dict[str, Any]:
+    def provenance(self: TokenStore, split: str, d: int) -> dict[str, Any]:
         """Where document ``d`` of ``split`` came from: ``{"source_index", "source"
         (the manifest's source record, or None), "row", "shard", "shard_document", "recorded"}``;
         without recorded provenance ``row`` is the document index within the split."""
@@ -613,7 +614,7 @@ class AnalysisMixin:
         }
 
     # ---- windows ----
-    def explain(self: "TokenStore", split: str, seq_len: int, index: int, *, text: bool = True) -> dict[str, Any]:
+    def explain(self: TokenStore, split: str, seq_len: int, index: int, *, text: bool = True) -> dict[str, Any]:
         """What training window ``index`` of ``seq_len`` (as ``TokenDataset``: tokens ``[i*L, i*L+L+1)``,
         inputs ``[:-1]``, labels ``[1:]``) is made of: per document it touches, its positions in the
         window (``window_start`` / ``window_stop`` index the window's ``L + 1`` tokens), which of its
@@ -662,7 +663,7 @@ class AnalysisMixin:
                 "documents": out}
 
     # ---- search ----
-    def find(self: "TokenStore", split: str, text_or_ids: str | Sequence[int] | np.ndarray, *,
+    def find(self: TokenStore, split: str, text_or_ids: str | Sequence[int] | np.ndarray, *,
              max_hits: int | None = 1000, progress: bool = False, block: int = READ_BLOCK) -> np.ndarray:
         """Token positions where the sequence occurs in ``split`` (int64, ascending, at most
         ``max_hits``; ``None`` for all). A string is encoded with the stored tokenizer without
@@ -711,7 +712,7 @@ class AnalysisMixin:
         result = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
         return result[:max_hits] if max_hits is not None else result
 
-    def find_documents(self: "TokenStore", split: str, text_or_ids: str | Sequence[int] | np.ndarray, *,
+    def find_documents(self: TokenStore, split: str, text_or_ids: str | Sequence[int] | np.ndarray, *,
                        max_hits: int | None = 1000, progress: bool = False) -> list[dict[str, Any]]:
         """:meth:`find` with each hit's document, its offset in the document and its provenance."""
         pos = self.find(split, text_or_ids, max_hits=max_hits, progress=progress)

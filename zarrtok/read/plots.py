@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["CURVE_SEQ_LENS", "plot_document_lengths", "plot_zipf", "plot_top_tokens", "plot_crossing", "plot_stats"]
+__all__ = ["CURVE_SEQ_LENS", "plot_crossing", "plot_document_lengths", "plot_stats", "plot_top_tokens", "plot_zipf"]
 
 #: seq_lens of the boundary-crossing curve (powers of two, 16 .. 32768)
 CURVE_SEQ_LENS = tuple(2**k for k in range(4, 16))
@@ -28,10 +29,9 @@ def _pyplot():
     try:
         import matplotlib
 
-        if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
-            # no display needed: notebooks pick their inline backend themselves
-            if "ipykernel" not in sys.modules:
-                matplotlib.use("Agg")
+        # no display needed; notebooks (ipykernel) pick their inline backend themselves
+        if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and "ipykernel" not in sys.modules:
+            matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - exercised only without the extra
         raise ImportError("plots need matplotlib: pip install 'zarrtok[notebooks]' (or matplotlib)") from None
