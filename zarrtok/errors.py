@@ -29,3 +29,8 @@ class ChecksumError(IncompleteStoreError):
 
 class ObjectIOError(ZarrtokError, OSError):
     """Reading or writing a store object failed for good (after the retry budget); names the URL."""
+
+
+class StoreChangedError(IncompleteStoreError):
+    """The store was replaced (rebuilt, overwritten) after it was opened: reopen it. Raised instead of
+    mixing the tokens of two generations."""

@@ -240,3 +240,30 @@ def test_no_corrupted_token_is_ever_returned(tmp_path_factory, tokenizer, docs, 
         except ChecksumError:
             continue
         np.testing.assert_array_equal(got, expect[a:b])
+
+
+def test_a_dataset_open_during_a_rebuild_never_mixes_generations(tmp_path, tokenizer, docs, truth):
+    from zarrtok.errors import StoreChangedError
+    from zarrtok.testing.corpus import generate_documents
+
+    out = tmp_path / "s"
+    _build(docs, tokenizer, out, chunk_size=500)
+    ds = zarrtok.open(str(out)).dataset("train", 100)
+    np.testing.assert_array_equal(ds[0][0].numpy(), truth[:100])  # chunk 0 mapped
+    other = generate_documents(400, seed=77)
+    _build(other, tokenizer, out, chunk_size=500, overwrite=True)  # another corpus at the same path
+    np.testing.assert_array_equal(ds[1][0].numpy(), truth[100:200])  # still the old, mapped chunk
+    with pytest.raises(StoreChangedError, match="replaced since it was opened"):
+        ds[60]  # chunk 12 was never mapped: it would come from the new build
+    fresh = zarrtok.open(str(out)).dataset("train", 100)
+    assert not np.array_equal(fresh[60][0].numpy(), truth[6000:6100])  # the new build, opened anew
+
+
+def test_a_rewritten_manifest_that_keeps_the_shard_is_not_a_change(store_copy, truth):
+    ds = zarrtok.open(store_copy).dataset("train", 100)
+    ds[0]
+    meta_path = os.path.join(store_copy, "zarr.json")
+    meta = json.load(open(meta_path))
+    meta["attributes"]["zarrtok"]["history"] = [{"event": "touched"}]  # e.g. an append's manifest rewrite
+    json.dump(meta, open(meta_path, "w"))
+    np.testing.assert_array_equal(ds[60][0].numpy(), truth[6000:6100])

@@ -10,11 +10,12 @@ many stay mapped is bounded by a :class:`~zarrtok.storage.mapping.MapBudget`.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
 
-from ..errors import ChecksumError, IncompleteStoreError
+from ..errors import ChecksumError, IncompleteStoreError, StoreChangedError, ZarrtokError
 from ..format import CRC32C_BYTES, check_chunk_crc
 from ..storage.mapping import MapBudget, map_file, process_budget
 from .source import ChunkedShardReader, ShardSpec
@@ -37,6 +38,8 @@ class LocalShardReader(ChunkedShardReader):
         self._maps: dict[int, np.ndarray] = {}
         self._verified: set[int] = set()
         self._num_chunks = spec.raw.num_chunks
+        self._root_json = os.path.join(spec.location.local_path, "zarr.json")
+        self._root_sig: tuple | None = None  # the root zarr.json last seen to still list this shard
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "limit": self.budget.limit if self.budget is not None else None,
@@ -49,9 +52,29 @@ class LocalShardReader(ChunkedShardReader):
     def _forget(self, k: int) -> None:
         self._maps.pop(k, None)
 
+    def _check_generation(self) -> None:
+        """Before mapping a chunk: the store at this path must still hold this very shard (same id).
+        A local overwrite swaps whole directories, so a chunk mapped after it would come from the new
+        generation: refuse (:class:`~zarrtok.errors.StoreChangedError`) instead of mixing tokens. One
+        ``stat`` per map; the manifest is re-read only when the root ``zarr.json`` changed."""
+        try:
+            st = os.stat(self._root_json)
+        except FileNotFoundError:
+            raise StoreChangedError(f"{self.spec.where}: the store is gone since it was opened") from None
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if sig == self._root_sig:
+            return
+        keys = _manifest_shard_keys(self.spec.location, sig)
+        if keys.get(self.spec.name) != self.spec.key:
+            raise StoreChangedError(
+                f"{self.spec.where}: the store was replaced since it was opened (this shard is no longer in "
+                "it); reopen the store — its tokens would otherwise mix two builds")
+        self._root_sig = sig
+
     def _open(self, k: int) -> np.ndarray:
         if not 0 <= k < self._num_chunks:
             raise IndexError(f"chunk {k} out of range")
+        self._check_generation()
         path = os.path.join(self._dir, self.spec.raw.chunk_key(k))
         need = self.chunk_size * self.dtype.itemsize
         check = self.verify and k not in self._verified
@@ -98,3 +121,27 @@ class LocalShardReader(ChunkedShardReader):
         read = self.read
         for row, a in enumerate(starts):
             out[row] = read(a, a + n)
+
+
+_KEYS_LOCK = threading.Lock()
+_KEYS: dict[str, tuple[tuple, dict[str, str]]] = {}  # store root -> (root zarr.json signature, shard keys)
+
+
+def _manifest_shard_keys(location, sig: tuple) -> dict[str, str]:
+    """``{"<split>/<shard>": shard key}`` of the manifest now at ``location`` (parsed once per change)."""
+    from ..storage.manifest_io import read_manifest
+
+    root = location.local_path
+    with _KEYS_LOCK:
+        hit = _KEYS.get(root)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+    try:
+        manifest = read_manifest(location)
+    except ZarrtokError as exc:
+        raise StoreChangedError(f"store {location.url}: changed since it was opened and is not readable now ({exc})") from None
+    keys = {f"{split}/{shard.name}": manifest.shard_key(split, shard)
+            for split, info in manifest.splits.items() for shard in info.shards}
+    with _KEYS_LOCK:
+        _KEYS[root] = (sig, keys)
+    return keys

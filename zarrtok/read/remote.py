@@ -53,6 +53,9 @@ MODES = ("auto", "range", "cache")
 DEFAULT_CACHE_BYTES = 512 << 20
 DEFAULT_READAHEAD = 2
 _RECENT_CHUNKS = 4096  # chunks remembered by "auto" mode as recently touched
+#: An overwrite writes a new generation under new shard names and sweeps the old one after its commit,
+#: so a reader of the old generation finds its objects either intact or missing, never replaced.
+_REPLACED_HINT = " (if the store was rebuilt or overwritten since it was opened, reopen it)"
 
 
 class RemoteShardReader(ChunkedShardReader):
@@ -217,7 +220,7 @@ class RemoteShardReader(ChunkedShardReader):
                 raw, crc = self._io.get_ranges([key, key], [0, self._chunk_bytes],
                                                [used, self._chunk_bytes + trailer])
         except FileNotFoundError:
-            raise IncompleteStoreError(f"{what}: the chunk object is missing") from None
+            raise IncompleteStoreError(f"{what}: the chunk object is missing{_REPLACED_HINT}") from None
         self.stats["chunk_fetches"] += 1
         self.stats["chunk_bytes"] += len(raw) + (len(crc) if crc is not None else 0)
         if trailer == 4 and self.verify:
@@ -387,7 +390,7 @@ def fetch_and_fill(pending: Sequence[PendingRange], out: np.ndarray) -> None:
     try:
         blobs = first._io.get_ranges(keys, starts, ends)
     except FileNotFoundError as exc:
-        raise IncompleteStoreError(f"{first.spec.location.url}: an object is missing: {exc}") from None
+        raise IncompleteStoreError(f"{first.spec.location.url}: an object is missing: {exc}{_REPLACED_HINT}") from None
     pos = len(pending)
     for reader, reqs in tables:
         reader.install_block_table(reqs, blobs[pos : pos + len(reqs)])
