@@ -113,6 +113,24 @@ def test_ids_beyond_the_dtype_are_an_overflow(tok_json, docs):
         _encoder(tok_json, eos=70_000, dtype="uint16").encode(["a"])
 
 
+def test_the_cache_is_reset_with_identical_ids(tok_json, hf, docs, monkeypatch):
+    """The encoder drops gigatoken's (unbounded) pre-token cache every CACHE_RESET_CHARS characters."""
+    from zarrtok.ingest import gigatoken_encoding
+
+    monkeypatch.setattr(gigatoken_encoding, "CACHE_RESET_CHARS", 2_000)
+    loads = []
+    original = gigatoken_encoding._load
+    monkeypatch.setattr(gigatoken_encoding, "_load", lambda js: loads.append(1) or original(js))
+    gig = _encoder(tok_json, eos=hf.eos_token_id)
+    loads.clear()  # (the shape check loads it once)
+    for start in range(0, len(docs), 25):
+        batch = docs[start:start + 25]
+        a, b = gig.encode(batch), hf.encode(batch)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    assert len(loads) > 3  # it was rebuilt several times
+
+
 def test_pickles_by_value(gig, docs):
     gig.encode(["warm"])  # the gigatoken object exists in this process
     clone = pickle.loads(pickle.dumps(gig))

@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 
 NAME = "gigatoken"
 
+#: gigatoken caches the ids of every pre-token it has seen, per ``Tokenizer`` object, without a bound
+#: (measured, 0.10.0: RSS +400 MB after 38 MB of text made of unique random words; +42 MB after the
+#: 20 MB generated corpus, whose vocabulary is small). The encoder starts a fresh ``Tokenizer`` (which
+#: frees the cache; ~20 ms) after this many characters of input, so a build's memory stays flat.
+CACHE_RESET_CHARS = 32 * 1024 * 1024
+
 
 def gigatoken_version() -> str | None:
     """The installed gigatoken version, or ``None`` when it cannot be imported."""
@@ -172,10 +178,12 @@ class GigatokenDocumentEncoder(DocumentEncoder):
         self.prefix = np.asarray(spec["prefix"], dtype=np.int64)
         self.suffix = np.asarray(spec["suffix"], dtype=np.int64)
         self._gigatoken = None
+        self._chars = 0  # input characters since the gigatoken object (and its cache) was created
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_gigatoken"] = None  # rebuilt from the JSON in the worker
+        state["_chars"] = 0
         return state
 
     @property
@@ -207,9 +215,13 @@ class GigatokenDocumentEncoder(DocumentEncoder):
         order, EOS after each non-empty one when enabled; empty documents contribute nothing."""
         texts = list(texts)
         lengths = np.zeros(len(texts), dtype=np.int64)
-        nonempty = np.flatnonzero(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+        chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        nonempty = np.flatnonzero(chars)
         if nonempty.size == 0:
             return np.zeros(0, dtype=self.dtype), lengths
+        self._chars += int(chars.sum())
+        if self._chars > CACHE_RESET_CHARS:  # bound gigatoken's pre-token cache (see CACHE_RESET_CHARS)
+            self._gigatoken, self._chars = None, int(chars.sum())
         if nonempty.size < len(texts):
             texts = [texts[i] for i in nonempty]
         ids, offsets = self._encode_flat(texts)
