@@ -18,7 +18,7 @@ Underneath it is a plain ``torch.utils.data.DataLoader`` over a map-style datase
 
 Batches are dicts: ``input_ids`` and ``labels`` (int64 ``[batch, seq_len]``), plus
 ``position_ids`` / ``cu_seqlens`` / ``max_seqlen`` (``document_outputs=True``), ``attention_mask``
-(``drop_last_window=False``) and ``index`` (``return_index=True``). ``label_format="shifted"``
+(``drop_last=False``) and ``index`` (``return_index=True``). ``label_format="shifted"``
 (default): ``labels[:, j]`` is the target of ``input_ids[:, j]`` (a plain training loop).
 ``label_format="hf"``: ``labels`` aligned with ``input_ids`` as ``transformers`` causal LMs expect
 (they shift internally): ``model(**batch)`` works; the window's last target is then not scored.
