@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 #: A writer not provably alive (another host, or no record of it) is presumed dead after this long.
 STALE_SECONDS = 24 * 3600
 #: The top-level entries a zarrtok store may have.
-STORE_ENTRIES = frozenset({"zarr.json", TOKENIZER_GROUP, SPLITS_GROUP})
+STORE_ENTRIES = frozenset({"zarr.json", TOKENIZER_GROUP, SPLITS_GROUP, "indices"})  # indices/: derived data keyed by generation
 
 EMPTY, COMPLETE, INCOMPLETE = "empty", "complete", "incomplete"
 
