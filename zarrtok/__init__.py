@@ -34,6 +34,7 @@ from .errors import (  # noqa: E402  (light: no dependencies)
 #: public name -> module that defines it (imported on first attribute access)
 _LAZY = {
     "build": "zarrtok.ingest.builder",
+    "plan_build": "zarrtok.ingest.builder",
     "open": "zarrtok.read.store",
     "copy": "zarrtok.read.store",
     "TokenStore": "zarrtok.read.store",

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import multiprocessing
 import os
-import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import StoreExistsError, ZarrtokError
@@ -26,16 +25,14 @@ from ..format import (
     DEFAULT_BLOCK_BYTES,
     DEFAULT_CHUNK_BYTES,
     FORMAT_VERSION,
-    STATUS_COMPLETE,
+    SPLITS_GROUP,
     TOKENIZER_GROUP,
     Manifest,
     ShardInfo,
-    SplitInfo,
     check_node_name,
     compute_fingerprint,
     new_id,
     shard_name,
-    shard_path,
 )
 from ..read.store import TokenStore
 from ..storage.commit import (
@@ -54,8 +51,19 @@ from ..storage.commit import (
 )
 from ..storage.location import Location, as_location
 from ..storage.manifest_io import read_manifest
+from . import plan as _plan
+from .executors import run_plan
 from .jsonl import JsonLinesDocuments, plan_json_lines
-from .sources import DatasetDocuments, apply_split_rules, load_source, resolve_columns, source_identity
+from .plan import BuildPlan
+from .sources import (
+    DatasetDocuments,
+    _jsonable,
+    apply_split_rules,
+    load_source,
+    resolve_columns,
+    source_identity,
+    split_rules,
+)
 from .tokenization import (
     DocumentEncoder,
     backend_json,
@@ -104,6 +112,9 @@ def build(
     start_method: str | None = None,
     load_dataset_kwargs: dict[str, Any] | None = None,
     encoder: str = "auto",
+    executor: Any = None,
+    scheduler: Any = None,
+    mode: str = "create",
 ) -> TokenStore:
     """Tokenize a dataset into a zarrtok store at ``output`` and return it opened.
 
@@ -136,21 +147,73 @@ def build(
             Hugging Face), ``"gigatoken"`` or ``"tiktoken"`` (that fast path, or an error naming
             why it cannot be used). The manifest records which one ran, with its version.
     """
-    location = as_location(output, storage_options)
+    if mode not in ("create", "append"):
+        raise ValueError(f"mode must be 'create' or 'append', got {mode!r}")
+    args = dict(locals())
+    if mode == "append":
+        from .append import append as _append
+
+        return _append(output, **{k: v for k, v in args.items() if k not in ("output", "mode", "overwrite")})
+    prepared = _prepare(args)
+    if prepared.reused is not None:
+        return prepared.reused
+    return _execute(prepared, executor=executor, scheduler=scheduler)
+
+
+def plan_build(*args: Any, **kwargs: Any) -> BuildPlan:
+    """Plan a build without running it (same arguments as :func:`build`): the returned
+    :class:`~zarrtok.ingest.plan.BuildPlan` is stored in the staging area, where ``zarrtok
+    build-task`` / :func:`run_plan_task` and ``zarrtok commit`` / :func:`commit_build` find it.
+    A store that already matches the fingerprint needs no plan: ``None`` is returned then."""
+    import inspect as _inspect
+
+    bound = _inspect.signature(build).bind(*args, **kwargs)
+    bound.apply_defaults()
+    prepared = _prepare(dict(bound.arguments))
+    if prepared.reused is not None:
+        return None
+    _plan.release_writer(prepared.staging)
+    if prepared.staging.lock is not None:  # remote: the commit takes the lock again
+        prepared.staging.lock.release()
+    return prepared.plan
+
+
+@dataclass
+class _Prepared:
+    location: Location
+    reused: TokenStore | None = None
+    plan: Any = None
+    staging: Any = None
+    documents: Any = None
+    encoder: Any = None
+    num_workers: int = 1
+    start_method: str | None = None
+    progress: bool = False
+    fingerprint: str = ""
+
+
+def _prepare(a: dict[str, Any]) -> _Prepared:
+    """Everything up to running the tasks: validate, fingerprint, reuse, plan, stage."""
+    location = as_location(a["output"], a["storage_options"])
+    overwrite, num_workers, batch_size = a["overwrite"], a["num_workers"], a["batch_size"]
     if overwrite not in (False, True, "changed"):
         raise ValueError(f"overwrite must be False, True or 'changed', got {overwrite!r}")
-    if mapping_column_name is not None and columns is not None:
+    if a["mapping_column_name"] is not None and a["columns"] is not None:
         raise ValueError("pass either `mapping_column_name` or `columns`, not both")
     if num_workers is None or int(num_workers) < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if dataset_name is None:
+    if a["dataset_name"] is None:
         raise ValueError("dataset_name is required: a load_dataset name/path or a datasets.Dataset/DatasetDict")
-    if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    if a["encoder"] not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {a['encoder']!r}")
+    use_eos_token, add_special_tokens = a["use_eos_token"], a["add_special_tokens"]
+    checksum, block_bytes, shard_size = a["checksum"], a["block_bytes"], a["shard_size"]
+    if shard_size is not None and int(shard_size) < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
 
-    tok = load_tokenizer(tokenizer, tokenizer_name)
+    tok = load_tokenizer(a["tokenizer"], a["tokenizer_name"])
     eos_id = tok.eos_token_id
     if use_eos_token and eos_id is None:
         raise ValueError(
@@ -158,6 +221,7 @@ def build(
             "set tokenizer.eos_token, or pass use_eos_token=False"
         )
     dtype = choose_dtype(tok)
+    chunk_size = a["chunk_size"]
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK_BYTES // dtype.itemsize
     chunk_size = int(chunk_size)
@@ -167,11 +231,14 @@ def build(
     if block_bytes is not None and (int(block_bytes) < 1 or int(block_bytes) % np.dtype(dtype).itemsize):
         raise ValueError(f"block_bytes must be a positive multiple of the token size, got {block_bytes}")
 
-    documents, text_columns, identity = _open_documents(
-        dataset_name, columns=columns if columns is not None else mapping_column_name, separator=column_separator,
-        dataset_config_name=dataset_config_name, data_dir=data_dir, data_files=data_files, revision=revision,
-        load_dataset_kwargs=load_dataset_kwargs, validation_split=validation_split, test_split=test_split, seed=seed,
-        shuffle=shuffle, splits=splits, batch_size=int(batch_size),
+    dataset_name = a["dataset_name"]
+    column_separator = a["column_separator"]
+    documents, text_columns, identity, origin = _open_documents(
+        dataset_name, columns=a["columns"] if a["columns"] is not None else a["mapping_column_name"],
+        separator=column_separator, dataset_config_name=a["dataset_config_name"], data_dir=a["data_dir"],
+        data_files=a["data_files"], revision=a["revision"], load_dataset_kwargs=a["load_dataset_kwargs"],
+        validation_split=a["validation_split"], test_split=a["test_split"], seed=a["seed"], shuffle=a["shuffle"],
+        splits=a["splits"], batch_size=int(batch_size),
     )
     for name in documents.splits:
         check_node_name(name, "split")
@@ -184,27 +251,47 @@ def build(
         "use_eos_token": bool(use_eos_token),
         "eos_token_id": eos_id if use_eos_token else None,
         "add_special_tokens": bool(add_special_tokens),
-        "validation_split": float(validation_split or 0.0),
-        "test_split": float(test_split or 0.0),
-        "seed": int(seed),
-        "shuffle": bool(shuffle),
+        "validation_split": float(a["validation_split"] or 0.0),
+        "test_split": float(a["test_split"] or 0.0),
+        "seed": int(a["seed"]),
+        "shuffle": bool(a["shuffle"]),
         "splits": documents.splits,
     }
     fingerprint = compute_fingerprint(
         {"format_version": FORMAT_VERSION, "source": identity, "tokenizer_sha256": tokenizer_digest(tok),
          "dtype": dtype.name, **token_rules}
     )
-
-    reused, existing = _reuse_or_clear(location, fingerprint, overwrite)
-    if reused is not None:
-        return reused
+    base = a.get("_append_base")  # an append: the manifest it extends
+    layout = {"chunk_size": chunk_size, "shard_size": shard_size, "checksum": checksum,
+              "block_bytes": int(block_bytes) if block_bytes else None, "batch_size": int(batch_size),
+              "replace": overwrite is not False, "mode": "append" if base is not None else "create",
+              "base": base.generation if base is not None else None}
+    key = _plan.plan_key(fingerprint, location.url, layout)
+    replace = overwrite is not False
+    adopted = _plan.adopt_staging(location, key, replace) if base is None else None
+    prepared = _Prepared(location, num_workers=int(num_workers), start_method=a["start_method"],
+                         progress=bool(a["progress"]), fingerprint=fingerprint, documents=documents)
+    if base is None:
+        try:
+            reused, existing = _reuse_or_clear(location, fingerprint, overwrite)
+        except BaseException:
+            if adopted is not None:
+                _plan.release_writer(adopted)
+            raise
+        if reused is not None:
+            if adopted is not None:
+                discard_staging(adopted)
+            prepared.reused = reused
+            return prepared
+    else:
+        existing = None
 
     config = {
         "dataset": dataset_name if isinstance(dataset_name, str) else type(dataset_name).__name__,
-        "dataset_config_name": dataset_config_name,
-        "data_dir": data_dir,
+        "dataset_config_name": a["dataset_config_name"],
+        "data_dir": a["data_dir"],
         "data_files": identity.get("data_files"),
-        "revision": revision,
+        "revision": a["revision"],
         "tokenizer": str(tok.name_or_path or ""),
         **token_rules,
         "chunk_size": chunk_size,
@@ -228,43 +315,236 @@ def build(
         generation=new_id(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    encoder, manifest.encoder = _choose_encoder(
-        encoder, backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
+    chosen, manifest.encoder = _choose_encoder(
+        a["encoder"], backend_json(tok), eos_token_id=eos_id if use_eos_token else None,
         add_special_tokens=add_special_tokens, dtype=dtype.name,
         sample=[t for name in documents.splits for t in documents.head(name, VERIFY_DOCUMENTS)],
     )
+    prepared.encoder = chosen
+    if adopted is not None:
+        try:
+            prepared.plan = _plan.load_plan(_plan.build_area(adopted, location.url, key, location.storage_options),
+                                            adopted, location.storage_options)
+        except BaseException:
+            _plan.release_writer(adopted)
+            raise
+        prepared.staging = adopted
+        return prepared
+    if base is not None:
+        return _prepare_append(prepared, a, base, manifest, tok, key, origin)
     # Staging, commit and cleanup: zarrtok.storage.commit (atomic local switch, remote lock + last-write
     # switch, conditional commit when not overwriting, sweeping of dead writers' leftovers).
     try:
-        staging = staging_location(location, replace=overwrite is not False, expected=existing)
+        staging = staging_location(location, replace=replace, expected=existing)
     except CommitConflictError:
         reused = _reuse_after_conflict(location, fingerprint)
         if reused is not None:
-            return reused
+            prepared.reused = reused
+            return prepared
         raise
-    logger.info("building %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
+    logger.info("planning %s (fingerprint %s) into %s", location.url, fingerprint[:12], staging.url)
     try:
-        _write_store(
-            staging, manifest, tok, documents, encoder,
-            num_workers=int(num_workers), batch_size=int(batch_size), shard_size=shard_size,
-            progress=progress, start_method=start_method,
-        )
-        staging.keep_tokenizer = set(tokenizer_files(tok))
-        commit_staging(staging, location)
+        data = _plan_data(key, location, manifest, tok, chosen, documents, origin, shard_size=shard_size,
+                          suffix=shard_suffix(staging), first_ordinal={}, replace=replace)
+        root = open_staging_root(staging, {ATTRIBUTE_KEY: manifest.to_json()})  # never clears an old store
+        _write_tokenizer(root, tok, manifest.checksum)
+        for split in documents.splits:
+            root.create_group(f"{SPLITS_GROUP}/{split}/shards")
+        prepared.plan = BuildPlan(data, staging, dict(location.storage_options))
+        _plan.save_plan(prepared.plan)
     except BaseException as exc:
-        logger.info("build failed; removing %s", staging.url)
-        try:
-            discard_staging(staging)
-        except Exception:  # pragma: no cover - best effort cleanup
-            logger.exception("could not remove %s", staging.url)
+        _discard(staging)
         if isinstance(exc, CommitConflictError):
             reused = _reuse_after_conflict(location, fingerprint)
             if reused is not None:
+                prepared.reused = reused
+                return prepared
+        raise
+    prepared.staging = staging
+    return prepared
+
+
+def _write_tokenizer(root: Any, tok: Any, checksum: str | None) -> None:
+    tok_group = root.create_group(TOKENIZER_GROUP)
+    for name, data in tokenizer_files(tok).items():
+        arr = tok_group.create_array(
+            name, shape=(len(data),), chunks=(max(1, len(data)),), dtype="uint8",
+            compressors=compressors_for(checksum), filters=None, fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+        arr[:] = np.frombuffer(data, dtype=np.uint8)
+
+
+def _discard(staging: Any) -> None:
+    logger.info("build failed; removing %s", staging.url)
+    try:
+        discard_staging(staging)
+    except Exception:  # pragma: no cover - best effort cleanup
+        logger.exception("could not remove %s", staging.url)
+
+
+def _plan_data(key: str, location: Location, manifest: Manifest, tok: Any, encoder: Any, documents: Any,
+               origin: dict[str, Any], *, shard_size: int | None, suffix: str, first_ordinal: dict[str, int],
+               replace: bool, history: str = "build") -> dict[str, Any]:
+    """The plan's JSON: shard tasks of every split (see :mod:`zarrtok.ingest.plan`)."""
+    tasks: list[dict[str, Any]] = []
+    for split in documents.splits:
+        units, pairs = _units(documents, split, origin)
+        estimates = _estimates(documents, split, units, encoder) if shard_size is not None else [0.0] * len(units)
+        groups = _plan.cut_shards(units, estimates, int(shard_size) if shard_size is not None else None)
+        row = 0
+        for ordinal, group in enumerate(groups, start=first_ordinal.get(split, 0)):
+            n = sum(_plan.unit_rows(u) for u in group)
+            index = len(tasks)
+            tasks.append({
+                "index": index, "split": split, "name": shard_name(ordinal) + suffix,
+                "id": _plan.shard_id(manifest.generation, index), "units": group, "num_documents": n,
+                "provenance": _plan.provenance_runs(pairs(row, row + n)),
+            })
+            row += n
+    history_entry = {"action": history, "generation": manifest.generation, "created": manifest.created,
+                     "fingerprint": manifest.fingerprint, "source": manifest.config.get("source"),
+                     "shards": len(tasks), "documents": sum(t["num_documents"] for t in tasks)}
+    return {
+        "plan_version": _plan.PLAN_VERSION, "key": key, "target": location.url, "replace": replace,
+        "suffix": suffix, "manifest": manifest.to_json(), "tokenizer_json": backend_json(tok),
+        "tokenizer_files": sorted(tokenizer_files(tok)),
+        "encoder": {"kind": _plan.encoder_kind(encoder), "eos_token_id": manifest.eos_token_id,
+                    "add_special_tokens": bool(manifest.config["add_special_tokens"]), "dtype": manifest.dtype},
+        "reader": origin["reader"], "sources": origin["sources"], "splits": list(documents.splits),
+        "tasks": tasks, "history_entry": history_entry,
+    }
+
+
+def _units(documents: Any, split: str, origin: dict[str, Any]):
+    """The split's read units (plain dicts, in order) and ``pairs(a, b)``: the ``(source, row)`` of its
+    documents ``[a, b)``."""
+    bs = origin["batch_size"]
+    if origin["reader"]["kind"] == "jsonl":
+        units, src_rows = [], []
+        files = origin["file_index"]
+        for block, rows in documents.tasks(split, bs):
+            units.append({"kind": "jsonl", "path": block.path, "start": block.start, "end": block.end,
+                          "first_line": block.first_line, "first_row": block.first_row, "num_rows": block.num_rows,
+                          "rows": None if rows is None else [int(r) for r in rows]})
+            src, first = files[block.path]
+            positions = np.arange(block.num_rows) if rows is None else np.asarray(rows)
+            src_rows.append(np.stack([np.full(len(positions), src), block.first_row - first + positions], axis=1))
+        table = np.concatenate(src_rows) if src_rows else np.zeros((0, 2), dtype=np.int64)
+    else:
+        units = [{"kind": "datasets", "split": s, "start": a, "stop": b} for s, a, b in documents.tasks(split, bs)]
+        src, rows = origin["row_maps"][split]
+        n = documents.num_documents(split)
+        table = np.stack([np.full(n, src), np.arange(n) if rows is None else np.asarray(rows)], axis=1)
+    return units, lambda a, b: ((int(s), int(r)) for s, r in table[a:b])
+
+
+def _estimates(documents: Any, split: str, units: list[dict[str, Any]], encoder: Any) -> list[float]:
+    """Estimated tokens per unit: tokens per document of the split's head, weighted by each JSON
+    Lines block's bytes per row (the plan's only look at the data besides the block scan)."""
+    head = documents.head(split, VERIFY_DOCUMENTS)
+    per_doc = float(encoder.encode(head)[0].size) / len(head) if head else 0.0
+    if not units or units[0]["kind"] != "jsonl":
+        return [per_doc * _plan.unit_rows(u) for u in units]
+    density = [(u["end"] - u["start"]) / max(1, u["num_rows"]) for u in units]
+    rows = [_plan.unit_rows(u) for u in units]
+    mean = sum(d * r for d, r in zip(density, rows)) / max(1, sum(rows))
+    return [per_doc * r * (d / mean if mean else 1.0) for d, r in zip(density, rows)]
+
+
+def _execute(prepared: _Prepared, *, executor: Any = None, scheduler: Any = None) -> TokenStore:
+    """Run the plan's pending tasks and commit; a failed build removes its staging."""
+    plan, staging = prepared.plan, prepared.staging
+    try:
+        pending = plan.pending()
+        logger.info("%d of %d shard task(s) to run (plan %s)", len(pending), len(plan.tasks), plan.key)
+        run_plan(plan, pending, executor=executor, scheduler=scheduler, num_workers=prepared.num_workers,
+                 start_method=prepared.start_method, progress=prepared.progress, documents=prepared.documents,
+                 encoder=prepared.encoder)
+        return commit_build(plan, staging=staging)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # interrupted: keep what is done for a rerun
+            _plan.release_writer(staging)
+            raise
+        _discard(staging)
+        if isinstance(exc, CommitConflictError):
+            reused = _reuse_after_conflict(prepared.location, prepared.fingerprint)
+            if reused is not None:
                 return reused
         raise
+
+
+def commit_build(plan: BuildPlan | str | os.PathLike | Location, *, staging: Any = None,
+                 storage_options: dict[str, Any] | None = None) -> TokenStore:
+    """Commit a plan whose tasks are all finished: read the ledger, write the manifest (one write),
+    make the store visible. ``plan`` may be the store (its unfinished plan is found)."""
+    if not isinstance(plan, BuildPlan):
+        plan = _plan.find_plan(plan, storage_options)
+    location = as_location(plan.data["target"], plan.storage_options)
+    if staging is None:
+        staging = _staging_for(plan, location)
+    area = plan.area
+    records = _plan.read_ledger(area)
+    manifest = _plan.assemble_manifest(plan, records)
+    if sum(info.num_tokens for info in manifest.splits.values()) == 0:
+        raise ValueError("the dataset produced no tokens: every document is empty")
+    if not location.is_local:
+        _check_remote_root(plan, location)
+    _plan.write_root_manifest(staging, manifest)  # remote: the commit point
+    staging.keep_tokenizer = set(plan.data.get("tokenizer_files") or []) or None
+    if staging.separate:
+        _plan.remove_area(area)  # before the rename: the store holds nothing but the store
+    commit_staging(staging, location)
+    if not staging.separate:
+        _plan.remove_area(area)
     store = TokenStore(location, read_manifest(location))
     logger.info("built %r", store)
     return store
+
+
+def _staging_for(plan: BuildPlan, location: Location) -> Any:
+    """The commit's :class:`~zarrtok.storage.commit.Staging` for a plan found on disk / in the bucket."""
+    from ..storage.commit import RemoteLock, Staging, _hidden
+
+    if location.is_local:
+        token = os.path.basename(plan.staging.local_path).rsplit("-", 1)[-1]
+        writer = _hidden(location.local_path, "writer", token)
+        with open(writer, "w") as f:
+            import json as _json
+
+            from ..storage.commit import writer_info
+
+            _json.dump(writer_info(store=location.local_path), f)
+        return Staging(plan.staging.local_path, location.storage_options, target=location, separate=True,
+                       replace=bool(plan.data["replace"]), token=token)
+    lock = RemoteLock(location).acquire()
+    return Staging(location.url, location.storage_options, target=location, replace=bool(plan.data["replace"]),
+                   suffix=plan.data.get("suffix", ""), lock=lock, owns=True)
+
+
+def _check_remote_root(plan: BuildPlan, location: Location) -> None:
+    """Remote commits: the root must still be this plan's ``building`` root (or, beside a complete
+    store, the store the plan was made next to / appends to)."""
+    import json as _json
+
+    try:
+        root = _json.loads(location.objects().get("zarr.json"))
+    except FileNotFoundError:
+        raise CommitConflictError(f"{location.url}: the store's root disappeared during the build") from None
+    d = (root.get("attributes") or {}).get(ATTRIBUTE_KEY) or {}
+    ours = plan.data["manifest"]["generation"]
+    expected = plan.data.get("base_generation")
+    if d.get("generation") not in (ours, expected) and not (plan.data.get("suffix") and not expected):
+        raise CommitConflictError(f"{location.url} was changed by another writer during this build")
+
+
+def run_plan_task(store: str | os.PathLike | Location, index: int, *, storage_options: dict[str, Any] | None = None,
+                  key: str | None = None) -> dict[str, Any]:
+    """Run task ``index`` of the unfinished build into ``store`` (idempotent; the CLI's ``build-task``)."""
+    plan = _plan.find_plan(store, storage_options, key)
+    if not 0 <= int(index) < len(plan.tasks):
+        raise IndexError(f"task {index} out of range: the plan has {len(plan.tasks)} task(s)")
+    return _plan.run_task(plan.data, int(index), plan.staging)
 
 
 ENCODERS = ("auto", "hf", "gigatoken", "tiktoken")
@@ -275,9 +555,10 @@ def _open_documents(dataset_name: Any, *, columns: Any, separator: str, dataset_
                     data_dir: str | None, data_files: Any, revision: str | None,
                     load_dataset_kwargs: dict[str, Any] | None, validation_split: float | None,
                     test_split: float | None, seed: int, shuffle: bool, splits: Sequence[str] | None,
-                    batch_size: int) -> tuple[Any, list[str], dict[str, Any]]:
-    """The build's documents (split rules applied), its text columns and the source identity for the
-    fingerprint: local JSON Lines files read directly when :func:`plan_json_lines` takes them,
+                    batch_size: int) -> tuple[Any, list[str], dict[str, Any], dict[str, Any]]:
+    """The build's documents (split rules applied), its text columns, the source identity for the
+    fingerprint, and where the documents come from (the plan's reader spec, provenance sources and
+    row maps): local JSON Lines files read directly when :func:`plan_json_lines` takes them,
     ``datasets.load_dataset`` otherwise."""
     jsonl_files = plan_json_lines(
         dataset_name, data_files=data_files, columns=columns, dataset_config_name=dataset_config_name,
@@ -292,20 +573,42 @@ def _open_documents(dataset_name: Any, *, columns: Any, separator: str, dataset_
             test_split=test_split, seed=seed, splits=splits, batch_size=batch_size,
         )
         logger.info("reading %d JSON Lines file(s) directly (no Arrow cache)", sum(len(v) for v in jsonl_files.values()))
-        return documents, text_columns, documents.identity(data_files)
+        sources, file_index = [], {}
+        for split_source in documents._source.values():
+            for path in split_source.files:
+                first = min((b.first_row for b in split_source.blocks if b.path == path), default=0)
+                file_index[path] = (len(sources), first)
+                sources.append({"kind": "jsonl", "path": path})
+        origin = {"reader": {"kind": "jsonl", "columns": text_columns, "separator": separator},
+                  "sources": sources, "file_index": file_index, "batch_size": batch_size}
+        return documents, text_columns, documents.identity(data_files), origin
     source = load_source(
         dataset_name, dataset_config_name=dataset_config_name, data_dir=data_dir, data_files=data_files,
         revision=revision, load_dataset_kwargs=load_dataset_kwargs,
     )
-    split_datasets = apply_split_rules(
-        source, validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle, splits=splits,
-    )
+    rules = dict(validation_split=validation_split, test_split=test_split, seed=seed, shuffle=shuffle,
+                 splits=list(splits) if splits is not None else None)
+    split_datasets = apply_split_rules(source, **rules)
     text_columns = resolve_columns(split_datasets, columns)
     identity = source_identity(
         dataset_name, split_datasets, dataset_config_name=dataset_config_name, data_dir=data_dir,
         data_files=data_files, revision=revision,
     )
-    return DatasetDocuments(split_datasets, text_columns, separator), text_columns, identity
+    # the source row of every document (the same split rules over row indices)
+    names = list(source)
+    rows = split_rules({n: (n, None) for n in names}, size=lambda p: len(source[p[0]]) if p[1] is None else len(p[1]),
+                       select=lambda p, pos: (p[0], pos if p[1] is None else p[1][pos]), **rules)
+    label = os.fspath(dataset_name) if isinstance(dataset_name, (str, os.PathLike)) else type(dataset_name).__name__
+    sources = [{"kind": "datasets", "name": label, "config": dataset_config_name, "split": n} for n in names]
+    load = None
+    if isinstance(dataset_name, (str, os.PathLike)):
+        load = {"path": os.fspath(dataset_name), "name": dataset_config_name, "data_dir": data_dir,
+                "data_files": _jsonable(data_files), "revision": revision, "kwargs": dict(load_dataset_kwargs or {})}
+    origin = {"reader": {"kind": "datasets", "load": load, "columns": text_columns, "separator": separator,
+                         "rules": rules},
+              "sources": sources, "batch_size": batch_size,
+              "row_maps": {s: (names.index(p[0]), None if p[1] is None else p[1].tolist()) for s, p in rows.items()}}
+    return DatasetDocuments(split_datasets, text_columns, separator), text_columns, identity, origin
 
 
 def _choose_encoder(choice: str, tokenizer_json: str, *, eos_token_id: int | None, add_special_tokens: bool,
@@ -381,73 +684,6 @@ def _reuse_after_conflict(location: Location, fingerprint: str) -> TokenStore | 
     return TokenStore(location, existing)
 
 
-def _write_store(
-    staging: Location,
-    manifest: Manifest,
-    tok: Any,
-    documents: Any,
-    encoder: DocumentEncoder,
-    *,
-    num_workers: int,
-    batch_size: int,
-    shard_size: int | None,
-    progress: bool,
-    start_method: str | None,
-) -> None:
-    total_tokens = 0
-    # Start worker processes before any Zarr I/O (no background threads exist yet when they fork).
-    with _EncodePool(documents, encoder, num_workers, start_method) as pool:
-        root = open_staging_root(staging, {ATTRIBUTE_KEY: manifest.to_json()})  # never clears an old store
-        tok_group = root.create_group(TOKENIZER_GROUP)
-        for name, data in tokenizer_files(tok).items():
-            arr = tok_group.create_array(
-                name, shape=(len(data),), chunks=(max(1, len(data)),), dtype="uint8",
-                compressors=compressors_for(manifest.checksum), filters=None, fill_value=0,
-                config={"write_empty_chunks": True},
-            )
-            arr[:] = np.frombuffer(data, dtype=np.uint8)
-
-        for split in documents.splits:
-            info = SplitInfo()
-            writer, shard = None, None
-            bar = tqdm(total=documents.num_documents(split), unit="doc", desc=f"tokenizing {split}", disable=not progress, dynamic_ncols=True)
-            split_tokens = 0
-            try:
-                for tokens, lengths in pool.encode(split, batch_size):
-                    if writer is None:
-                        shard = _new_shard(len(info.shards), manifest, shard_suffix(staging))
-                        group = root.create_group(shard_path(split, shard.name))
-                        writer = ShardWriter(group, dtype=np.dtype(manifest.dtype), chunk_size=manifest.chunk_size,
-                                             checksum=manifest.checksum,
-                                             block_bytes=manifest.config.get("block_bytes"))
-                    writer.add(tokens, lengths)
-                    split_tokens += tokens.size
-                    bar.update(lengths.size)
-                    bar.set_postfix(tokens=f"{split_tokens:,}", refresh=False)
-                    if shard_size is not None and writer.tokens.length >= shard_size:
-                        _close_shard(shard, writer)
-                        info.shards.append(shard)
-                        writer = None
-                if writer is None and not info.shards:  # an empty split still gets one (empty) shard
-                    shard = _new_shard(0, manifest, shard_suffix(staging))
-                    writer = ShardWriter(root.create_group(shard_path(split, shard.name)), dtype=np.dtype(manifest.dtype),
-                                         chunk_size=manifest.chunk_size, checksum=manifest.checksum,
-                                         block_bytes=manifest.config.get("block_bytes"))
-                if writer is not None:
-                    _close_shard(shard, writer)
-                    info.shards.append(shard)
-            finally:
-                bar.close()
-            manifest.splits[split] = info
-            total_tokens += info.num_tokens
-            logger.info("split %s: %d documents, %d tokens, %d shard(s)", split, info.num_documents, info.num_tokens,
-                        len(info.shards))
-    if total_tokens == 0:
-        raise ValueError("the dataset produced no tokens: every document is empty")
-    manifest.status = STATUS_COMPLETE
-    root.attrs[ATTRIBUTE_KEY] = manifest.to_json()  # the commit point: the last write of the build
-
-
 def _new_shard(index: int, manifest: Manifest, suffix: str = "") -> ShardInfo:
     # suffix: beside a complete remote store, names its old generation cannot have (storage.commit)
     return ShardInfo(shard_name(index) + suffix, 0, 0, id=new_id(), checksum=manifest.checksum)
@@ -460,43 +696,3 @@ def _close_shard(shard: ShardInfo, writer: ShardWriter) -> None:
     shard.block_bytes = writer.block_bytes
 
 
-# -- parallel encoding ------------------------------------------------------------------------------
-_WORKER_STATE: dict[str, Any] = {}
-
-
-def _init_worker(documents: Any, encoder: DocumentEncoder) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: workers are the parallelism
-    _WORKER_STATE.update(documents=documents, encoder=encoder)
-
-
-def _encode_task(task: Any) -> tuple[np.ndarray, np.ndarray]:
-    return _WORKER_STATE["encoder"].encode(_WORKER_STATE["documents"].texts(task))
-
-
-class _EncodePool:
-    """Encodes the tasks of a split's documents, in order, in-process or on a process pool."""
-
-    def __init__(self, documents: Any, encoder: DocumentEncoder, num_workers: int, start_method: str | None):
-        self.documents, self.encoder = documents, encoder
-        self.num_workers = num_workers
-        self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
-        self.pool = None
-
-    def __enter__(self) -> "_EncodePool":
-        if self.num_workers > 1:
-            ctx = multiprocessing.get_context(self.start_method)
-            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker, initargs=(self.documents, self.encoder))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-
-    def encode(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        tasks = self.documents.tasks(split, batch_size)
-        if self.pool is None:
-            for task in tasks:
-                yield self.encoder.encode(self.documents.texts(task))
-        else:
-            yield from self.pool.imap(_encode_task, tasks, chunksize=1)
