@@ -121,20 +121,22 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
 
 # -- where the time goes: one gigatoken build under cProfile -------------------------------------------------
-#: Stages of a build: (label, [(file suffix, function, caller file suffix, caller function), ...]). A
-#: stage's time is the cumulative time of its functions when called from that caller (from the build
-#: loop, not from the verification that also reads and encodes a sample; caller None: from anywhere).
-_LOOP = ("ingest/builder.py", "encode")  # _EncodePool.encode: the in-process build loop
+#: Stages of a build: (label, [(file suffix, function), ...], callers not counted). A stage's time is the
+#: cumulative time of its functions, less what they spent when called from the excluded callers (the
+#: encoder's verification and the planner's size estimate also read and encode a sample).
+_NOT_THE_BUILD_LOOP = [("ingest/jsonl.py", "head"), ("ingest/fast_encoding.py", "verify"),
+                       ("ingest/builder.py", "_estimates")]
 STAGES = [
-    ("load tokenizer (AutoTokenizer)", [("ingest/tokenization.py", "load_tokenizer", None, None)]),
-    ("open source (scan JSONL blocks, splits)", [("ingest/builder.py", "_open_documents", None, None)]),
-    ("choose encoder (shape check + verification)", [("ingest/builder.py", "_choose_encoder", None, None)]),
-    ("read + parse (JSON Lines -> str)", [("ingest/jsonl.py", "texts", *_LOOP)]),
-    ("encode (GigatokenDocumentEncoder.encode)", [("ingest/gigatoken_encoding.py", "encode", *_LOOP)]),
-    ("write (ShardWriter.add/close: chunks, CRC, offsets)", [("ingest/writer.py", "add", None, None),
-                                                            ("ingest/writer.py", "close", None, None)]),
-    ("commit (manifest, rename)", [("storage/commit.py", "commit_staging", None, None)]),
-    ("wait for workers (pool imap: read+parse+encode+pickle there)", [("multiprocessing/pool.py", "next", *_LOOP)]),
+    ("load tokenizer (AutoTokenizer)", [("ingest/tokenization.py", "load_tokenizer")], []),
+    ("open source (scan JSONL blocks, splits)", [("ingest/builder.py", "_open_documents")], []),
+    ("choose encoder (shape check + verification)", [("ingest/builder.py", "_choose_encoder")], []),
+    ("read + parse (JSON Lines -> str)", [("ingest/jsonl.py", "texts")], _NOT_THE_BUILD_LOOP),
+    ("encode (GigatokenDocumentEncoder.encode)", [("ingest/gigatoken_encoding.py", "encode")], _NOT_THE_BUILD_LOOP),
+    ("  of which gigatoken encode_batch + ids as numpy", [("ingest/gigatoken_encoding.py", "_encode_flat")],
+     [("ingest/gigatoken_encoding.py", "encode_ids")]),
+    ("write (ShardWriter.add/close: chunks, CRC, offsets)", [("ingest/writer.py", "add"), ("ingest/writer.py", "close")], []),
+    ("commit (manifest, rename)", [("storage/commit.py", "commit_staging")], []),
+    ("wait for workers (pool: read+parse+encode+pickle there)", [("multiprocessing/pool.py", "next")], []),
 ]
 
 
@@ -143,27 +145,18 @@ def _stage_seconds(stats: Any) -> dict[str, float]:
         return key[0].endswith(suffix) and key[2] == name
 
     found: dict[str, float] = {}
-    for label, functions in STAGES:
+    for label, functions, excluded in STAGES:
         total = 0.0
-        for suffix, name, caller_suffix, caller_name in functions:
+        for suffix, name in functions:
             for key, (_cc, _nc, _tt, ct, callers) in stats.stats.items():
-                if not matches(key, suffix, name):
-                    continue
-                if caller_suffix is None:
-                    total += ct
-                else:
-                    total += sum(c[3] for k, c in callers.items() if matches(k, caller_suffix, caller_name))
+                if matches(key, suffix, name):
+                    total += ct - sum(c[3] for k, c in callers.items() if any(matches(k, *e) for e in excluded))
         found[label] = total
-    # inside encode: gigatoken's encode_batch (Rust) + buffers vs the numpy assembly, split in proportion
-    enc = [(v[3], v[4]) for k, v in stats.stats.items() if matches(k, "ingest/gigatoken_encoding.py", "encode")]
-    flat = [v for k, v in stats.stats.items() if matches(k, "ingest/gigatoken_encoding.py", "_encode_flat")]
-    if enc and flat and enc[0][0]:
-        loop_share = found["encode (GigatokenDocumentEncoder.encode)"] / enc[0][0]
-        from_encode = sum(c[3] for k, c in flat[0][4].items() if matches(k, "ingest/gigatoken_encoding.py", "encode"))
-        sub = {"  of which gigatoken encode_batch + ids as numpy": from_encode * loop_share}
-        items = list(found.items())
-        at = next(i for i, (k, _) in enumerate(items) if k.startswith("encode ")) + 1
-        found = dict(items[:at] + list(sub.items()) + items[at:])
+    # _encode_flat's calls from encode(): only the build loop's share of encode()'s calls
+    enc = sum(v[3] for k, v in stats.stats.items() if matches(k, "ingest/gigatoken_encoding.py", "encode"))
+    sub = "  of which gigatoken encode_batch + ids as numpy"
+    if enc:
+        found[sub] *= found["encode (GigatokenDocumentEncoder.encode)"] / enc
     return found
 
 
