@@ -267,3 +267,20 @@ def test_a_rewritten_manifest_that_keeps_the_shard_is_not_a_change(store_copy, t
     meta["attributes"]["zarrtok"]["history"] = [{"event": "touched"}]  # e.g. an append's manifest rewrite
     json.dump(meta, open(meta_path, "w"))
     np.testing.assert_array_equal(ds[60][0].numpy(), truth[6000:6100])
+
+
+def test_symlinks_out_of_the_store_are_not_followed(store_copy, pristine, tmp_path):
+    other = tmp_path / "elsewhere"
+    shutil.copytree(pristine.url, other)
+    chunk = _chunk(store_copy, 2)
+    os.remove(chunk)
+    os.symlink(_chunk(other, 2), chunk)  # a chunk file that points into another directory
+    tokens = zarrtok.open(store_copy).tokens("train")
+    tokens[0:10]
+    with pytest.raises(IncompleteStoreError, match="symlink"):
+        tokens[1000:1010]
+    shard_dir = os.path.join(store_copy, "splits/train/shards/000000/tokens")
+    shutil.rmtree(shard_dir)
+    os.symlink(os.path.join(str(other), "splits/train/shards/000000/tokens"), shard_dir)  # a whole array
+    with pytest.raises(IncompleteStoreError, match="outside the store"):
+        zarrtok.open(store_copy).tokens("train")

@@ -35,6 +35,11 @@ class LocalShardReader(ChunkedShardReader):
         self.budget = budget
         self.verify = bool(verify) and spec.raw.trailer_bytes == CRC32C_BYTES
         self._dir = os.path.join(spec.location.local_path, spec.array_path)
+        # a store is data: never follow a symlink out of its root (directories checked here, chunk
+        # files opened with O_NOFOLLOW)
+        root = os.path.realpath(spec.location.local_path)
+        if os.path.exists(self._dir) and not os.path.realpath(self._dir).startswith(root + os.sep):
+            raise IncompleteStoreError(f"{spec.where}: {spec.array_path} leads outside the store (a symlink); refused")
         self._maps: dict[int, np.ndarray] = {}
         self._verified: set[int] = set()
         self._num_chunks = spec.raw.num_chunks
@@ -80,18 +85,24 @@ class LocalShardReader(ChunkedShardReader):
         check = self.verify and k not in self._verified
         try:
             if check:  # map the trailer too, check data + CRC together, keep the data view
-                whole = map_file(path, need + CRC32C_BYTES, np.dtype(np.uint8), need + CRC32C_BYTES)
+                whole = map_file(path, need + CRC32C_BYTES, np.dtype(np.uint8), need + CRC32C_BYTES,
+                                 follow_symlinks=False)
                 check_chunk_crc(whole, f"{self.spec.where}, chunk file {path}")
                 arr = whole[:need].view(self.dtype)
                 self._verified.add(k)
             else:
-                arr = map_file(path, need, self.dtype, self.chunk_size)
+                arr = map_file(path, need, self.dtype, self.chunk_size, follow_symlinks=False)
         except FileNotFoundError as exc:
             raise IncompleteStoreError(f"{self.spec.where}: chunk file {path} is missing") from exc
         except ChecksumError:
             raise
         except ValueError as exc:
             raise IncompleteStoreError(f"{self.spec.where}: chunk file {exc}") from exc
+        except OSError as exc:
+            if os.path.islink(path):
+                raise IncompleteStoreError(f"{self.spec.where}: chunk file {path} is a symlink; refused (a store "
+                                           "never reads outside itself)") from None
+            raise
         self._maps[k] = arr
         (self.budget if self.budget is not None else process_budget()).add(self, k, self._forget)
         return arr

@@ -50,12 +50,14 @@ _LIBC = _load_libc()
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def map_file(path: str, nbytes: int, dtype: np.dtype, count: int) -> np.ndarray:
+def map_file(path: str, nbytes: int, dtype: np.dtype, count: int, *, follow_symlinks: bool = True) -> np.ndarray:
     """Map the first ``nbytes`` of ``path`` read-only and return it as a 1-D array of ``count`` items.
 
-    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it is shorter than ``nbytes``.
+    Raises ``FileNotFoundError`` if the file is missing, ``ValueError`` if it is shorter than
+    ``nbytes``, and ``OSError`` (ELOOP) for a symlink when ``follow_symlinks=False``.
     """
-    fd = os.open(path, os.O_RDONLY)
+    flags = os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
     try:
         size = os.fstat(fd).st_size
         if size < nbytes:
