@@ -94,7 +94,7 @@ def s3():
 @pytest.fixture(scope="module")
 def many_shards(s3, tmp_path_factory, tokenizer):
     """A train split of at least 64 shards (and one of at least 12) published to the bucket."""
-    docs = generate_documents(900, seed=5)
+    docs = generate_documents(400, seed=5)
     out = {}
     for shards in (64, 12):
         local = tmp_path_factory.mktemp("shards") / f"s{shards}"
