@@ -111,3 +111,15 @@ def small_chunk_store(tmp_path_factory, jsonl_path, tokenizer_dir):
         "json", data_files=jsonl_path, tokenizer_name=tokenizer_dir, output=str(out),
         chunk_size=777, shard_size=10_000, batch_size=50, progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """One loopback S3 server (moto, with a request log) per session; each test uses its own bucket."""
+    from zarrtok.testing.s3server import S3Server
+
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -79,18 +79,7 @@ def test_damaged_disk_cache_entry_is_never_served(tmp_path, tokenizer, docs, tru
     np.testing.assert_array_equal(zarrtok.open(url, reader_options=options).tokens("train")[0:50], truth[:50])
 
 
-# -- request counts on a real S3 protocol server ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3():
-    from zarrtok.testing.s3server import S3Server
-
-    server = S3Server()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
+# -- request counts on a real S3 protocol server (the `s3` fixture: tests/conftest.py) --------------------
 @pytest.fixture(scope="module")
 def many_shards(s3, tmp_path_factory, tokenizer):
     """A train split of at least 64 shards (and one of at least 12) published to the bucket."""

@@ -26,7 +26,6 @@ from zarrtok.train.dataset import WindowBatch, collate_windows
 from zarrtok.errors import IncompleteStoreError, StoreNotFoundError
 
 from ..conftest import expected_tokens
-from zarrtok.testing.s3server import S3Server
 
 CHUNK = 2000  # tokens per chunk: 26 chunks in train (2 shards, each with a padded last chunk)
 SHARD = 30_000  # tokens per shard: train has 2 shards
@@ -42,16 +41,6 @@ MODES = ("range", "cache", "auto")
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def s3():
-    """One S3 server per session (each test uses its own bucket)."""
-    server = S3Server()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def bucket(s3) -> str:
     return s3.make_bucket(f"t-{uuid.uuid4().hex[:16]}")

@@ -18,22 +18,12 @@ import zarrtok
 from zarrtok.errors import ChecksumError, ObjectIOError
 from zarrtok.read import clear_memory_caches
 from zarrtok.testing.fault_proxy import FaultProxy, blackhole, drop, flip_bits, status, truncate
-from zarrtok.testing.s3server import S3Server
 
 pytestmark = pytest.mark.timeout(120)
 
 CHUNK = 20_000  # tokens (40 KB chunks: several 16 KiB checksummed blocks each)
 #: s3fs/botocore give up fast so the zarrtok layer's own retries and deadline are what is tested
 FAST = {"config_kwargs": {"read_timeout": 2, "connect_timeout": 2, "retries": {"total_max_attempts": 1}}}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,10 @@ import zarrtok
 from zarrtok.errors import StoreExistsError
 from zarrtok.storage import commit
 from zarrtok.storage.location import as_location
-from zarrtok.testing.s3server import S3Server
 
 from ..conftest import write_jsonl
 
 KW = dict(chunk_size=500, shard_size=3000, batch_size=20, progress=False)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,10 @@ import zarr
 import zarrtok
 from zarrtok.errors import StoreExistsError
 from zarrtok.storage import commit
-from zarrtok.testing.s3server import S3Server
 
 from ..conftest import write_jsonl
 
 KW = dict(chunk_size=500, shard_size=3000, batch_size=20, progress=False)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

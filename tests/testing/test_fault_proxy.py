@@ -23,7 +23,6 @@ from zarrtok.testing.fault_proxy import (
     status,
     truncate,
 )
-from zarrtok.testing.s3server import S3Server
 
 s3fs = pytest.importorskip("s3fs")
 
@@ -32,15 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 DATA = bytes((i * 7 + i // 256) % 256 for i in range(300_000))  # not periodic in 256
 # botocore: retries.max_attempts counts retries (1 = two attempts); total_max_attempts counts attempts.
 FAST_FAIL = {"read_timeout": 1, "connect_timeout": 1, "retries": {"total_max_attempts": 1}}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
