@@ -34,12 +34,16 @@ def _add_storage_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .ingest.builder import build
+    from .ingest.builder import build, plan_build
 
     data_files: Any = args.data_files
     if data_files and len(data_files) == 1:
         data_files = data_files[0]
-    store = build(
+    if args.plan_only:
+        run, extra = plan_build, {}
+    else:
+        run, extra = build, {"scheduler": args.dask_scheduler}
+    store = run(
         args.dataset,
         output=args.output,
         dataset_config_name=args.config,
@@ -65,7 +69,39 @@ def _cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         encoder=args.encoder,
+        **extra,
     )
+    if args.plan_only:
+        if store is None:
+            print(f"{args.output} already holds this store: nothing to plan")
+            return 0
+        summary = {"store": args.output, "plan": store.key, "tasks": len(store.tasks), "pending": len(store.pending()),
+                   "fingerprint": store.fingerprint, "staging": store.staging.url}
+        print(json.dumps(summary, indent=2) if args.json else
+              f"planned {summary['tasks']} task(s) (plan {summary['plan']}, {summary['pending']} pending); run "
+              f"`zarrtok build-task {args.output} --task K` for K in 0..{summary['tasks'] - 1}, then "
+              f"`zarrtok commit {args.output}`")
+        return 0
+    _print_info(store.info(), as_json=args.json)
+    return 0
+
+
+def _cmd_build_task(args: argparse.Namespace) -> int:
+    from .ingest.builder import run_plan_task
+
+    record = run_plan_task(args.store, args.task, storage_options=_storage_options(args), key=args.plan)
+    print(json.dumps(record) if args.json else
+          f"task {args.task}: shard {record['split']}/{record['name']} ({record['num_tokens']:,} tokens, "
+          f"{record['num_documents']:,} documents)")
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    from .ingest import plan as _plan
+    from .ingest.builder import commit_build
+
+    plan = _plan.find_plan(args.store, _storage_options(args), args.plan)
+    store = commit_build(plan)
     _print_info(store.info(), as_json=args.json)
     return 0
 
@@ -225,8 +261,26 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder", choices=["auto", "hf", "gigatoken", "tiktoken"], default="auto",
                    help="auto: the verified tiktoken fast path when it reproduces the tokenizer, else HF")
     b.add_argument("--json", action="store_true", help="print the store info as JSON")
+    b.add_argument("--plan-only", action="store_true",
+                   help="write the plan of shard tasks into the staging area and stop (then build-task, commit)")
+    b.add_argument("--dask-scheduler", metavar="ADDR", help="run the shard tasks on this Dask scheduler (tcp://...)")
     _add_storage_args(b)
     b.set_defaults(func=_cmd_build)
+
+    bt = sub.add_parser("build-task", help="run one shard task of a planned build (idempotent)")
+    bt.add_argument("store", help="the store path or URL given to build --plan-only")
+    bt.add_argument("--task", type=int, required=True, help="task index (e.g. $SLURM_ARRAY_TASK_ID)")
+    bt.add_argument("--plan", help="plan key, when several builds into the store are planned")
+    bt.add_argument("--json", action="store_true")
+    _add_storage_args(bt)
+    bt.set_defaults(func=_cmd_build_task)
+
+    cm = sub.add_parser("commit", help="commit a planned build once all its tasks are done")
+    cm.add_argument("store")
+    cm.add_argument("--plan", help="plan key, when several builds into the store are planned")
+    cm.add_argument("--json", action="store_true")
+    _add_storage_args(cm)
+    cm.set_defaults(func=_cmd_commit)
 
     i = sub.add_parser("info", help="describe a store")
     i.add_argument("path")

@@ -1,0 +1,119 @@
+"""The build plan: deterministic shard tasks, provenance, the ledger and the task-array flow."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import zarrtok
+from zarrtok.ingest import builder, plan as planmod
+
+from ..conftest import expected_tokens
+from ._helpers import KW, assert_same, build, corpus
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, docs):
+    return corpus(tmp_path_factory.mktemp("plan-corpus"), docs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, files, tokenizer_dir):
+    return build(files, tokenizer_dir, tmp_path_factory.mktemp("ref") / "s", validation_split=0.1)
+
+
+def test_plan_is_deterministic_and_pickle_free(tmp_path, files, tokenizer_dir):
+    plans = []
+    for i, workers in enumerate((1, 3)):
+        p = zarrtok.plan_build("json", data_files=files, tokenizer_name=tokenizer_dir, output=str(tmp_path / f"o{i}"),
+                               validation_split=0.1, num_workers=workers, **KW)
+        plans.append(p)
+        stored = json.loads(planmod.get_object(p.area, planmod.PLAN_FILE))  # plain JSON in the staging area
+        assert stored["tasks"] == p.tasks and stored["tokenizer_json"].startswith("{")
+    a, b = plans
+    strip = lambda p: [{k: v for k, v in t.items() if k != "id"} for t in p.tasks]  # noqa: E731
+    assert strip(a) == strip(b) and len(a.tasks) > 3  # boundaries depend on the plan only, not on workers
+    assert [t["name"] for t in a.tasks if t["split"] == "train"][:2] == ["000000", "000001"]
+    for t in a.tasks:  # JSON Lines units start at line starts
+        for u in t["units"]:
+            if u["start"]:
+                with open(u["path"], "rb") as f:
+                    f.seek(u["start"] - 1)
+                    assert f.read(1) == b"\n"
+    # planning again with the same arguments finds the same plan (resume)
+    again = zarrtok.plan_build("json", data_files=files, tokenizer_name=tokenizer_dir, output=str(tmp_path / "o0"),
+                               validation_split=0.1, **KW)
+    assert again.key == a.key and again.tasks == a.tasks
+
+
+def test_provenance_maps_documents_to_file_lines(reference, files, docs):
+    store = reference
+    assert [s["path"] for s in store.manifest.sources] == [os.path.abspath(f) for f in files]
+    by_file = [docs[:120], docs[120:260]]
+    for split in store.splits:
+        texts = []
+        for shard in store.manifest.splits[split].shards:
+            assert sum(run[2] for run in shard.provenance) == shard.num_documents
+            for src, first, count in shard.provenance:
+                texts += by_file[src][first:first + count]
+        # the split's documents, in order, are exactly the provenance rows
+        tok = store.tokenizer
+        assert len(texts) == store.num_documents(split)
+        np.testing.assert_array_equal(np.asarray(store.tokens(split)), expected_tokens(tok, texts))
+    assert store.manifest.history[-1]["action"] == "build"
+
+
+def test_task_array_equals_in_process(tmp_path, files, tokenizer_dir, reference):
+    out = tmp_path / "arr"
+    p = zarrtok.plan_build("json", data_files=files, tokenizer_name=tokenizer_dir, output=str(out),
+                           validation_split=0.1, **KW)
+    assert not out.exists()
+    for k in reversed(range(len(p.tasks))):  # any order, any process
+        rec = builder.run_plan_task(str(out), k)
+        assert builder.run_plan_task(str(out), k) == rec  # idempotent
+    assert sorted(planmod.ledger_indices(p.area)) == list(range(len(p.tasks)))
+    store = builder.commit_build(str(out))
+    assert_same(store, reference)
+    assert sorted(os.listdir(tmp_path)) == ["arr"]  # staging and build area gone
+
+
+def test_commit_refuses_unfinished_plan(tmp_path, files, tokenizer_dir):
+    out = tmp_path / "u"
+    p = zarrtok.plan_build("json", data_files=files, tokenizer_name=tokenizer_dir, output=str(out), **KW)
+    builder.run_plan_task(str(out), 0)
+    with pytest.raises(RuntimeError, match="not finished"):
+        builder.commit_build(p)
+    with pytest.raises(zarrtok.ZarrtokError):
+        zarrtok.open(out)
+
+
+def test_datasets_source_provenance(tmp_path, tokenizer, docs):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": docs[:200]})
+    store = zarrtok.build(ds, tokenizer=tokenizer, output=str(tmp_path / "d"), validation_split=0.2, **KW)
+    assert store.manifest.sources == [{"kind": "datasets", "name": "Dataset", "config": None, "split": "train"}]
+    for split in store.splits:
+        rows = [r for s in store.manifest.splits[split].shards for src, a, n in s.provenance for r in range(a, a + n)]
+        np.testing.assert_array_equal(np.asarray(store.tokens(split)),
+                                      expected_tokens(tokenizer, [docs[r] for r in rows]))
+
+
+def test_cli_task_array(tmp_path, files, tokenizer_dir, reference, capsys):
+    from zarrtok.cli import main
+
+    out = str(tmp_path / "cli")
+    common = ["--tokenizer-name", tokenizer_dir, "--validation-split", "0.1", "--chunk-size", "400", "--shard-size",
+              "2500", "--batch-size", "25", "--no-progress", "--encoder", "hf", "--json"]
+    assert main(["build", "json", "--data-files", *files, "-o", out, "--plan-only", *common]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["pending"] == summary["tasks"] > 1
+    for k in range(summary["tasks"]):
+        assert main(["build-task", out, "--task", str(k)]) == 0
+    assert main(["build-task", out, "--task", "0"]) == 0  # idempotent
+    capsys.readouterr()
+    assert main(["commit", out, "--json"]) == 0
+    assert_same(zarrtok.open(out), reference)
