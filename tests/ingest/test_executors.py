@@ -37,7 +37,10 @@ def test_pool_equals_in_process(setup, tmp_path, tokenizer_dir):
 @pytest.mark.parametrize("kind", ["threads", "processes"])
 def test_any_concurrent_futures_executor(setup, tmp_path, tokenizer_dir, kind):
     _, files, ref = setup
-    make = ThreadPoolExecutor if kind == "threads" else ProcessPoolExecutor
+    import multiprocessing
+
+    make = ThreadPoolExecutor if kind == "threads" else (
+        lambda n: ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")))
     with make(2) as ex:
         assert_same(build(files, tokenizer_dir, tmp_path / kind, executor=ex), ref)
 
