@@ -114,7 +114,6 @@ def build(
     encoder: str = "auto",
     executor: Any = None,
     scheduler: Any = None,
-    mode: str = "create",
 ) -> TokenStore:
     """Tokenize a dataset into a zarrtok store at ``output`` and return it opened.
 
@@ -147,13 +146,7 @@ def build(
             Hugging Face), ``"gigatoken"`` or ``"tiktoken"`` (that fast path, or an error naming
             why it cannot be used). The manifest records which one ran, with its version.
     """
-    if mode not in ("create", "append"):
-        raise ValueError(f"mode must be 'create' or 'append', got {mode!r}")
     args = dict(locals())
-    if mode == "append":
-        from .append import append as _append
-
-        return _append(output, **{k: v for k, v in args.items() if k not in ("output", "mode", "overwrite")})
     prepared = _prepare(args)
     if prepared.reused is not None:
         return prepared.reused
@@ -261,7 +254,7 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
         {"format_version": FORMAT_VERSION, "source": identity, "tokenizer_sha256": tokenizer_digest(tok),
          "dtype": dtype.name, **token_rules}
     )
-    base = a.get("_append_base")  # an append: the manifest it extends
+    base = None  # the manifest an append would extend: appends are not built yet (the plan key has room for them)
     layout = {"chunk_size": chunk_size, "shard_size": shard_size, "checksum": checksum,
               "block_bytes": int(block_bytes) if block_bytes else None, "batch_size": int(batch_size),
               "replace": overwrite is not False, "mode": "append" if base is not None else "create",
@@ -330,8 +323,6 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
             raise
         prepared.staging = adopted
         return prepared
-    if base is not None:
-        return _prepare_append(prepared, a, base, manifest, tok, key, origin)
     # Staging, commit and cleanup: zarrtok.storage.commit (atomic local switch, remote lock + last-write
     # switch, conditional commit when not overwriting, sweeping of dead writers' leftovers).
     try:

@@ -98,7 +98,7 @@ class LocalShardReader(ChunkedShardReader):
             raise
         except ValueError as exc:
             raise IncompleteStoreError(f"{self.spec.where}: chunk file {exc}") from exc
-        except OSError as exc:
+        except OSError:
             if os.path.islink(path):
                 raise IncompleteStoreError(f"{self.spec.where}: chunk file {path} is a symlink; refused (a store "
                                            "never reads outside itself)") from None
