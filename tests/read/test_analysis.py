@@ -332,8 +332,33 @@ def test_provenance_names_file_and_row_of_every_document(text_store, docs):
     assert any(h["document"] == n - 1 and h["source"]["path"].endswith("c.jsonl") for h in hits)
 
 
-def test_provenance_fallback_is_the_split_row(small_chunk_store, docs):
+def test_builds_record_provenance_of_every_document(small_chunk_store, docs, jsonl_path):
+    """A real build (the direct JSON Lines reader, several shards) names the file and line of every document."""
     store = small_chunk_store
+    assert store.manifest.sources and all(s.provenance for s in store.manifest.splits["train"].shards)
+    for d in (0, 1, 5, len(docs) // 2, len(docs) - 1):
+        p = store.provenance("train", d)
+        assert p["recorded"] and p["row"] == d and p["source"]["path"].endswith(os.path.basename(jsonl_path))
+
+
+def _without_provenance(store, directory):
+    """A copy of ``store`` whose manifest has no sources / provenance (as a store built before they existed)."""
+    import shutil
+
+    shutil.copytree(store.url, directory)
+    meta_path = os.path.join(directory, "zarr.json")
+    meta = json.load(open(meta_path))
+    manifest = meta["attributes"]["zarrtok"]
+    manifest.pop("sources", None)
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            shard.pop("provenance", None)
+    json.dump(meta, open(meta_path, "w"))
+    return zarrtok.open(str(directory))
+
+
+def test_provenance_fallback_is_the_split_row(small_chunk_store, docs, tmp_path):
+    store = _without_provenance(small_chunk_store, tmp_path / "old")
     assert all(not s.provenance for s in store.manifest.splits["train"].shards)
     src, rows = store.locate_documents("train", [0, 5, len(docs) - 1])
     assert src.tolist() == [-1, -1, -1] and rows.tolist() == [0, 5, len(docs) - 1]
