@@ -12,7 +12,6 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
-import zarrtok
 from zarrtok.ingest import plan as planmod
 from zarrtok.ingest.tokenization import DocumentEncoder
 
