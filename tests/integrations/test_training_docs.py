@@ -1,4 +1,4 @@
-"""Every ```python snippet of docs/training.md runs (``store``: a small store, ``out``: a temp dir); the
+"""Every ```python snippet of the README's "Training with ..." sections runs (``store``: a small store, ``out``: a temp dir); the
 torchrun one as ``train.py`` of a two-rank ``torchrun`` (gloo) job, launched twice (the second resumes)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 import zarrtok
 
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "training.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 SNIPPETS = re.findall(r"^## (Training with [^\n]+)\n.*?```python\n(.*?)```", DOC.read_text(), re.S | re.M)
 TORCHRUN = "Training with torchrun"
 IN_PROCESS = [(t, c) for t, c in SNIPPETS if t != TORCHRUN]
@@ -32,7 +32,7 @@ def test_the_doc_has_snippets():
 def test_training_snippet_runs(title, code, small_chunk_store, tmp_path):
     if title in NEEDS:
         pytest.importorskip(NEEDS[title])
-    exec(compile(code, f"docs/training.md: {title}", "exec"),
+    exec(compile(code, f"README.md: {title}", "exec"),
          {"store": zarrtok.open(small_chunk_store.url), "out": str(tmp_path / "out")})
 
 
