@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .tokenization import DocumentEncoder
+from .tokenization import DocumentEncoder, plain_bpe_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,10 @@ def tiktoken_compatibility(tokenizer_json: str, *, add_special_tokens: bool) -> 
     except ImportError:
         return None, "tiktoken is not installed"
     spec = json.loads(tokenizer_json)
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        return None, f"the model is {model.get('type')!r}, not BPE"
-    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(key):
-            return None, f"the BPE model sets {key}={model[key]!r}"
-    if model.get("byte_fallback"):
-        return None, "the BPE model uses byte_fallback"
-    if spec.get("normalizer"):
-        return None, f"the tokenizer has a normalizer ({spec['normalizer'].get('type')})"
+    refusal = plain_bpe_refusal(spec)
+    if refusal:
+        return None, refusal
+    model = spec["model"]
     pre = spec.get("pre_tokenizer") or {}
     if _is_byte_level(pre):
         if pre.get("add_prefix_space") or not pre.get("use_regex", True):

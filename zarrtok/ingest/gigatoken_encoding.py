@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .tokenization import DocumentEncoder
+from .tokenization import DocumentEncoder, plain_bpe_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -117,16 +117,9 @@ def gigatoken_compatibility(tokenizer_json: str, *, add_special_tokens: bool) ->
     if gigatoken_version() is None:
         return None, "gigatoken is not installed (or cannot be imported on this platform)"
     spec = json.loads(tokenizer_json)
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        return None, f"the model is {model.get('type')!r}, not BPE"
-    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(key):
-            return None, f"the BPE model sets {key}={model[key]!r}"
-    if model.get("byte_fallback"):
-        return None, "the BPE model uses byte_fallback (SentencePiece-style), not byte-level BPE"
-    if spec.get("normalizer"):
-        return None, f"the tokenizer has a normalizer ({spec['normalizer'].get('type')})"
+    refusal = plain_bpe_refusal(spec)
+    if refusal:
+        return None, refusal
     pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []

@@ -104,6 +104,23 @@ def tokenizer_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, bytes]:
     return files
 
 
+def plain_bpe_refusal(spec: dict[str, Any]) -> str | None:
+    """Why a parsed ``tokenizer.json`` is not a plain BPE model that a fast path (tiktoken, gigatoken)
+    can reproduce — no dropout, subword affixes, byte fallback or normalizer — or ``None``. Each fast
+    path then checks its own pre-tokenizer and post-processor shapes."""
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        return f"the model is {model.get('type')!r}, not BPE"
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            return f"the BPE model sets {key}={model[key]!r}"
+    if model.get("byte_fallback"):
+        return "the BPE model uses byte_fallback (SentencePiece-style), not byte-level BPE"
+    if spec.get("normalizer"):
+        return f"the tokenizer has a normalizer ({spec['normalizer'].get('type')})"
+    return None
+
+
 class DocumentEncoder:
     """Encodes batches of document texts into one flat token array plus per-document token counts.
 
