@@ -32,7 +32,7 @@ import transformers.trainer as _hf_trainer_module
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..train.loader import TokenLoader
-from ..train.sampling import GlobalBatchSampler
+from .view import FullEpochLoaderView
 
 __all__ = ["LOADER_STATE_NAME", "TrainerLoader", "ZarrtokTrainer", "loader_state_path"]
 
@@ -46,32 +46,15 @@ def loader_state_path(checkpoint_dir: str | os.PathLike, rank: int = 0) -> str:
     return os.path.join(os.fspath(checkpoint_dir), LOADER_STATE_NAME.format(rank=rank))
 
 
-class TrainerLoader:
+class TrainerLoader(FullEpochLoaderView):
     """The ``TokenLoader`` as the ``Trainer`` sees it: ``len()`` is a *full* epoch's batches on this
     rank (the ``Trainer`` derives epochs and steps from it), and :meth:`skip_first_batches` positions
     the loader instead of re-reading batches. Everything else is the loader's."""
 
     def __init__(self, loader: TokenLoader):
-        self.loader = loader
+        super().__init__(loader)
         self.dataset = loader.dataset
         self.batch_size = loader.batch_size
-
-    def __len__(self) -> int:
-        s = self.loader.sampler
-        return len(GlobalBatchSampler(s.order, batch_size=s.batch_size, rank=s.rank, world_size=s.world_size,
-                                      remainder=s.remainder, epoch=s.epoch))
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
 
     def skip_first_batches(self, num_batches: int, epoch: int, restored: bool) -> "TrainerLoader":
         """Continue after ``num_batches`` batches of ``epoch`` (the ``Trainer``'s count). A state restored

@@ -23,12 +23,12 @@ Validation data is not part of it: subclass and add a ``val_dataloader()`` (e.g.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 
 from ..train.loader import TokenLoader
-from ..train.sampling import GlobalBatchSampler
+from .view import FullEpochLoaderView
 
 __all__ = ["LightningLoader", "ZarrtokDataModule"]
 
@@ -43,30 +43,13 @@ class _EpochSetter:
         self._loader.set_epoch(epoch)
 
 
-class LightningLoader:
+class LightningLoader(FullEpochLoaderView):
     """A ``TokenLoader`` as Lightning's fit loop sees it (module docstring); ``.loader`` is the
     ``TokenLoader``, other attributes are looked up on it."""
 
     def __init__(self, loader: TokenLoader):
-        self.loader = loader
+        super().__init__(loader)
         self.sampler = _EpochSetter(loader)
-
-    def __len__(self) -> int:
-        s = self.loader.sampler
-        return len(GlobalBatchSampler(s.order, batch_size=s.batch_size, rank=s.rank, world_size=s.world_size,
-                                      remainder=s.remainder, epoch=s.epoch))
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
 
     def __getattr__(self, name: str) -> Any:
         if name == "loader":  # not yet set (e.g. while unpickling)
