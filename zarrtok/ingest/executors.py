@@ -103,6 +103,191 @@ def _run_dask(plan, pending, scheduler: Any, update: Callable[[int], Any]) -> li
             client.close()
 
 
+class WorkerDiedError(RuntimeError):
+    """A pool worker process died (killed, out of memory, crashed) while it ran a task."""
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+#: seconds between checks of the driver's liveness in an idle pool worker
+_WORKER_POLL_S = 1.0
+
+
+def _pool_worker_main(conn, initializer: Callable | None, parent: int) -> None:
+    """A pool worker: run ``(job, fn, args)`` messages, answer ``(job, ok, result)``; exit on ``None``,
+    when the pipe closes or when the driver is gone (a SIGKILLed driver leaves no orphans working)."""
+    if initializer is not None:
+        initializer()
+    while True:
+        try:
+            while not conn.poll(_WORKER_POLL_S):
+                if os.getppid() != parent:
+                    return
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        job, fn, args = msg
+        try:
+            result, ok = fn(*args), True
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
+            result, ok = exc, False
+        try:
+            conn.send((job, ok, result))
+        except Exception as exc:  # an unpicklable result or exception
+            conn.send((job, False, RuntimeError(f"{type(result).__name__}: {result!r} (could not be sent: {exc})")))
+
+
+class _Worker:
+    def __init__(self, ctx, initializer: Callable | None):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_pool_worker_main, args=(child, initializer, os.getpid()), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: Any = None  # the job it runs, or None when idle
+
+    def stop(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+        if self.process.is_alive():  # pragma: no cover - ignored SIGTERM
+            self.process.kill()
+            self.process.join(5)
+
+
+class _WatchedPool:
+    """A process pool whose every wait also watches the workers' process sentinels: a worker that dies
+    mid-job is noticed at once (``multiprocessing.Pool`` replaces it silently and its result never
+    comes: ``AsyncResult.get()`` blocks forever), reported with its job, and replaced by a fresh one.
+
+    :meth:`run` runs jobs and yields ``(job, ok, result)`` as they finish (``result`` is the exception
+    when not ``ok``, a :class:`WorkerDiedError` for a dead worker); :meth:`imap` is the ordered map of
+    ``multiprocessing.Pool.imap`` (each item retried once if its worker dies)."""
+
+    def __init__(self, ctx, workers: int, initializer: Callable | None = None):
+        self.ctx, self.size, self.initializer = ctx, max(1, int(workers)), initializer
+        self.workers: list[_Worker] = []
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self.ctx, self.initializer)
+        self.workers.append(worker)
+        return worker
+
+    def start(self) -> "_WatchedPool":
+        while len(self.workers) < self.size:
+            self._spawn()
+        return self
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                if w.job is None and w.process.is_alive():
+                    w.conn.send(None)
+            except OSError:
+                pass
+        for w in self.workers:
+            w.stop()
+        self.workers = []
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.stop()
+        self.workers.remove(worker)
+        self._spawn()
+
+    def run(self, jobs) -> Any:
+        """Run ``jobs`` (``(job, fn, args)`` each), one at a time per worker; yield ``(job, ok, result)``
+        as they finish. The caller may queue more (retries) on ``self.queue`` while iterating."""
+        import collections
+        from multiprocessing.connection import wait
+
+        self.queue = collections.deque(jobs)
+        self.start()
+        while True:
+            for w in list(self.workers):
+                if w.job is None and self.queue:
+                    if not w.process.is_alive():  # died idle: no job of its own is lost
+                        logger.warning("pool worker pid %s died idle (%s); starting another", w.process.pid,
+                                       _describe_exit(w.process.exitcode))
+                        self._replace(w)
+                        continue
+                    job, fn, args = self.queue.popleft()
+                    w.job = job
+                    try:
+                        w.conn.send((job, fn, args))
+                    except (OSError, EOFError):
+                        pass  # the worker is gone: its sentinel says so below
+            busy = [w for w in self.workers if w.job is not None]
+            if not busy:
+                if self.queue:
+                    continue  # a dead idle worker was replaced: dispatch again
+                return
+            # the wait: a result, or a worker's death (its sentinel), whichever comes first
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            for w in busy:
+                if w.conn in ready or w.process.sentinel in ready:
+                    result = None
+                    try:
+                        if w.conn.poll():
+                            result = w.conn.recv()
+                    except (EOFError, OSError):
+                        result = None
+                    if result is not None:
+                        job = w.job
+                        w.job = None
+                        yield job, result[1], result[2]
+                        continue
+                    w.process.join(5)  # its pipe closed: it is exiting
+                    if w.process.is_alive():  # pragma: no cover - closed its pipe but lingers
+                        w.process.kill()
+                        w.process.join(5)
+                    job, code = w.job, w.process.exitcode
+                    w.job = None
+                    self._replace(w)
+                    err = WorkerDiedError(f"pool worker pid {w.process.pid} died ({_describe_exit(code)})")
+                    yield job, False, err
+
+    def imap(self, fn: Callable, iterable, chunksize: int = 1):
+        """Ordered results of ``fn(item)``; an item whose worker died is run once more, a second death
+        or an exception raises (the first :class:`WorkerDiedError` names the item)."""
+        items = list(iterable)
+        results: dict[int, Any] = {}
+        tries: dict[int, int] = {}
+        nxt = 0
+        for i, ok, result in self.run((i, fn, (item,)) for i, item in enumerate(items)):
+            if not ok:
+                if isinstance(result, WorkerDiedError) and tries.get(i, 0) == 0:
+                    tries[i] = 1
+                    logger.warning("%s while it ran item %d of %d; running it again", result, i, len(items))
+                    self.queue.appendleft((i, fn, (items[i],)))
+                    continue
+                if isinstance(result, WorkerDiedError):
+                    raise WorkerDiedError(f"item {i} of {len(items)} killed its worker twice: {result}")
+                raise result
+            results[i] = result
+            while nxt in results:
+                yield results.pop(nxt)
+                nxt += 1
+        while nxt in results:  # pragma: no cover - the loop above drains it
+            yield results.pop(nxt)
+            nxt += 1
+
+
 def _pool_task(key: str, staging_url: str, k: int, storage_options: dict[str, Any]) -> dict[str, Any]:
     from ..storage.location import Location
 
@@ -115,36 +300,58 @@ def _init_pool_worker() -> None:
 
 
 def _run_pool(plan, pending, workers: int, start_method: str | None, update) -> list[dict[str, Any]]:
+    """The local pool: every wait watches the workers, a task whose worker died (or that raised) runs
+    once more on a fresh worker, a second failure raises naming the task (never a hang)."""
     method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
     ctx = multiprocessing.get_context(method)
     if method != "fork":  # spawned workers read the plan from the build area
         call: Callable = _plan.run_task_from_area
         args = lambda k: _args(plan, k)
-    else:
+    else:  # forked workers reuse the driver's context (plan._CONTEXT: the verified encoder, the documents)
         call = _pool_task
         args = lambda k: (plan.key, plan.staging.url, k, dict(plan.storage_options))
-    pool = ctx.Pool(workers, initializer=_init_pool_worker)
+    pool = _WatchedPool(ctx, workers, initializer=_init_pool_worker)
     try:
         if len(pending) < workers and method == "fork":
-            return _run_units_on_pool(plan, pending, pool, update)
-        out = []
-        running = {k: pool.apply_async(call, args(k)) for k in pending}
-        retried: set[int] = set()
-        while running:
-            k = next(iter(running))
             try:
-                out.append(running.pop(k).get())
+                return _run_units_on_pool(plan, pending, pool.start(), update)
+            except WorkerDiedError as exc:
+                raise WorkerDiedError(f"{_task_names(plan, pending)}: {exc}; the build is abandoned") from exc
+        out = []
+        failed: dict[int, BaseException] = {}
+        for k, ok, result in pool.run((k, call, args(k)) for k in pending):
+            if ok:
+                out.append(result)
                 update(1)
-            except Exception as exc:
-                if k in retried:
-                    raise
-                logger.warning("task %d failed (%s: %s); retrying it once", k, type(exc).__name__, exc)
-                retried.add(k)
-                running[k] = pool.apply_async(call, args(k))
+                continue
+            if k in failed:
+                raise _twice(plan, k, failed[k], result)
+            logger.warning("%s failed (%s: %s); retrying it once", _task_names(plan, [k]), type(result).__name__,
+                           result)
+            failed[k] = result
+            pool.queue.appendleft((k, call, args(k)))
         return out
     finally:
-        pool.terminate()
-        pool.join()
+        pool.close()
+
+
+def _task_names(plan, ks: list[int]) -> str:
+    names = [f"{plan.tasks[k]['split']}/{plan.tasks[k]['name']}" for k in ks[:5]]
+    return f"task{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks[:5]))}{'...' if len(ks) > 5 else ''} " \
+        f"(shard{'s' if len(ks) > 1 else ''} {', '.join(names)}) of plan {plan.key}"
+
+
+def _twice(plan, k: int, first: BaseException, second: BaseException) -> BaseException:
+    """The error of a task that failed on its retry too: the second exception (its own type) with a
+    note naming the task, or a :class:`WorkerDiedError` when a worker died."""
+    what = f"{_task_names(plan, [k])} failed twice ({type(first).__name__}: {first}; then " \
+           f"{type(second).__name__}: {second}); the build is abandoned"
+    if isinstance(second, WorkerDiedError) or isinstance(first, WorkerDiedError):
+        err = WorkerDiedError(what)
+        err.__cause__ = second
+        return err
+    second.add_note(what)
+    return second
 
 
 def _run_units_on_pool(plan, pending, pool, update) -> list[dict[str, Any]]:
