@@ -28,13 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from .sources import _jsonable, file_stats, split_rules
+from . import file_sources
+from .json_parse import BLANK as _BLANK
+from .json_parse import LineParser, count_rows
+from .sources import _jsonable, split_rules
 
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".jsonl", ".json", ".ndjson")
 BLOCK_BYTES = 4 << 20  # bytes per block: the unit a worker parses and tokenizes
-_BLANK = b" \t\r"
+SKIP_BYTES = 4 << 20  # read size when a compressed stream is advanced to a block
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Block:
     first_line: int  # 1-based line number of the block's first line, for error messages
     first_row: int  # index of the block's first row among its source split's rows
     num_rows: int
+    compression: str | None = None  # "gzip", "zstd", ...: start/end are offsets into the decompressed bytes
 
 
 @dataclass
@@ -54,6 +58,30 @@ class _SourceSplit:
     files: list[str]
     blocks: list[Block]
     num_rows: int
+
+
+def _split_spec(data_files: Any) -> dict[str, list[str]] | None:
+    """``data_files`` as ``{split: [entries]}`` (a path, a list, or a dict of split -> path(s)), or ``None``."""
+    spec = {str(k): v for k, v in data_files.items()} if isinstance(data_files, dict) else {"train": data_files}
+    out: dict[str, list[str]] = {}
+    for split, paths in spec.items():
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if not isinstance(paths, (list, tuple)) or not paths:
+            return None
+        if not all(isinstance(p, (str, os.PathLike)) for p in paths):
+            return None
+        out[split] = [os.fspath(p) for p in paths]
+    return out or None
+
+
+def source_options(load_dataset_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The source's ``storage_options`` when ``load_dataset_kwargs`` holds nothing else (else ``None``:
+    other options change what ``datasets`` reads, so such calls stay with ``datasets``)."""
+    kwargs = dict(load_dataset_kwargs or {})
+    if set(kwargs) - {"storage_options"}:
+        return None
+    return dict(kwargs.get("storage_options") or {})
 
 
 def plan_json_lines(
@@ -69,65 +97,61 @@ def plan_json_lines(
 ) -> dict[str, list[str]] | None:
     """The files of every source split when the build can read them directly, else ``None``.
 
-    Only ``dataset == "json"`` with explicit local file paths (a path, a list, or a dict of split
-    -> path(s)) whose first non-blank line is a JSON object holding the text column(s).
+    Only ``dataset == "json"`` with explicit files (a path / URL / glob, a list, or a dict of split
+    -> those) named ``.jsonl``/``.json``/``.ndjson`` (optionally ``.gz``/``.zst``/``.zstd``...) whose
+    first non-blank line is a JSON object holding the text column(s); ``load_dataset_kwargs`` may
+    hold only ``storage_options`` (the source filesystem's). Globs are expanded here (sorted).
     """
     if not isinstance(dataset, str) or dataset != "json" or shuffle:
         return None
-    if dataset_config_name is not None or data_dir is not None or revision is not None or load_dataset_kwargs:
+    if dataset_config_name is not None or data_dir is not None or revision is not None:
         return None
-    if isinstance(data_files, dict):
-        spec = {str(k): v for k, v in data_files.items()}
-    else:
-        spec = {"train": data_files}
+    options = source_options(load_dataset_kwargs)
+    spec = _split_spec(data_files)
+    if options is None or spec is None:
+        return None
     wanted = [columns] if isinstance(columns, str) else (list(columns) if columns is not None else ["text"])
     result: dict[str, list[str]] = {}
-    for split, paths in spec.items():
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        if not isinstance(paths, (list, tuple)) or not paths:
+    for split, entries in spec.items():
+        if not all(file_sources.base_name(e).endswith(SUFFIXES) for e in entries):
             return None
-        files = []
-        for path in paths:
-            if not isinstance(path, (str, os.PathLike)):
-                return None
-            path = os.fspath(path)
-            if any(ch in path for ch in "*?[") or "://" in path or not path.lower().endswith(SUFFIXES):
-                return None
-            if not os.path.isfile(path):
-                return None
-            first = _first_object(path)
+        files = file_sources.resolve(entries, options)
+        if files is None or not all(file_sources.base_name(f).endswith(SUFFIXES) for f in files):
+            return None
+        for path in files:
+            first = _first_object(path, options)
             if first is None or not all(c in first for c in wanted):
                 return None
-            files.append(os.path.abspath(path))
         result[split] = files
     return result or None
 
 
-def _first_object(path: str) -> dict[str, Any] | None:
+def _first_object(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The first non-blank line parsed, when it is a JSON object (and the file has no BOM)."""
-    with open(path, "rb") as f:
-        if f.read(3) == b"\xef\xbb\xbf":
-            return None
-        f.seek(0)
-        for line in f:
-            if line.strip(_BLANK + b"\n"):
-                try:
-                    value = json.loads(line)
-                except ValueError:
+    try:
+        with file_sources.open_stream(path, storage_options, file_sources.compression_of(path)) as f:
+            buf = b""
+            start = True
+            while True:
+                chunk = f.read(1 << 16)
+                buf += chunk
+                if start and len(buf) >= 3 or not chunk:
+                    if buf.startswith(b"\xef\xbb\xbf"):
+                        return None
+                    start = False
+                while b"\n" in buf or (not chunk and buf):
+                    line, _, buf = buf.partition(b"\n")
+                    if line.strip(_BLANK):
+                        try:
+                            value = json.loads(line)
+                        except (ValueError, RecursionError):
+                            return None
+                        return value if isinstance(value, dict) else None
+                if not chunk:
                     return None
-                return value if isinstance(value, dict) else None
-    return None
-
-
-def _count_rows(data: bytes) -> int:
-    """Non-blank lines in ``data`` (JSON Lines readers skip blank and whitespace-only lines)."""
-    if not data:
-        return 0
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if data.count(b"\n{") + data.startswith(b"{") == lines:  # every line starts an object: none is blank
-        return lines
-    return sum(1 for line in data.split(b"\n") if line.strip(_BLANK))
+    except (OSError, EOFError, ValueError) as exc:  # unreadable / not really compressed: datasets decides
+        logger.info("%s: not read directly (%s: %s)", path, type(exc).__name__, exc)
+        return None
 
 
 def _end_of_rows(data: bytes, start: int, rows: int) -> int:
@@ -142,71 +166,109 @@ def _end_of_rows(data: bytes, start: int, rows: int) -> int:
             return pos
 
 
-def _read_lines(f: Any, start: int, size: int, block_bytes: int) -> bytes:
-    """About ``block_bytes`` from ``start``, ending after a newline (or at EOF; a longer line is read whole)."""
-    f.seek(start)
-    data = f.read(block_bytes)
-    if start + len(data) >= size:
+def _read_full(f: Any, n: int) -> bytes:
+    """``n`` bytes (fewer only at EOF): decompressing streams may return short reads."""
+    data = f.read(n)
+    if len(data) == n or not data:
         return data
-    cut = data.rfind(b"\n")
-    if cut >= 0:
-        return data[: cut + 1]
-    parts = [data]  # a line longer than a block: read on to its end
-    while True:
-        more = f.read(block_bytes)
-        nl = more.find(b"\n")
-        if nl >= 0 or not more:
-            parts.append(more if nl < 0 else more[: nl + 1])
-            return b"".join(parts)
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = f.read(n - got)
+        if not more:
+            break
         parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
-def scan_file(path: str, first_row: int, block_bytes: int = BLOCK_BYTES, block_rows: int | None = None) -> list[Block]:
+def _line_blocks(f: Any, block_bytes: int):
+    """``(offset, data)`` of consecutive reads of about ``block_bytes`` ending after a newline (or at
+    EOF; a longer line is read whole), reading the stream front to back once."""
+    pending = b""
+    offset = 0
+    while True:
+        more = _read_full(f, block_bytes - len(pending))
+        buf = pending + more
+        if not more and len(pending) < block_bytes:  # EOF
+            if buf:
+                yield offset, buf
+            return
+        cut = buf.rfind(b"\n")
+        if cut < 0:  # a line longer than a block: read on to its end
+            parts = [buf]
+            while True:
+                more = _read_full(f, block_bytes)
+                nl = more.find(b"\n")
+                if nl >= 0 or not more:
+                    parts.append(more if nl < 0 else more[: nl + 1])
+                    data = b"".join(parts)
+                    pending = b"" if nl < 0 else more[nl + 1:]
+                    break
+                parts.append(more)
+        else:
+            data, pending = buf[: cut + 1], buf[cut + 1:]
+        yield offset, data
+        offset += len(data)
+
+
+def scan_file(path: str, first_row: int, block_bytes: int = BLOCK_BYTES, block_rows: int | None = None,
+              storage_options: dict[str, Any] | None = None) -> list[Block]:
     """Split one file into blocks ending at newlines (at most ``block_bytes``, unless one line is
-    longer, and at most ``block_rows`` rows), counting each block's rows."""
+    longer, and at most ``block_rows`` rows), counting each block's rows: one sequential read of the
+    file (decompressed, for a compressed file: offsets are then offsets into the decompressed bytes)."""
+    compression = file_sources.compression_of(path)
     blocks: list[Block] = []
-    size = os.path.getsize(path)
-    line, row, start = 1, first_row, 0
-    with open(path, "rb") as f:
-        while start < size:
-            data = _read_lines(f, start, size, block_bytes)
-            rows = _count_rows(data)
+    line, row = 1, first_row
+    with file_sources.open_stream(path, storage_options, compression) as f:
+        for start, data in _line_blocks(f, block_bytes):
+            rows = count_rows(data)
             pos = 0
             while block_rows is not None and rows > block_rows:  # cut the read into blocks of block_rows rows
                 end = _end_of_rows(data, pos, block_rows)
-                blocks.append(Block(path, start + pos, start + end, line, row, block_rows))
+                blocks.append(Block(path, start + pos, start + end, line, row, block_rows, compression))
                 line += data.count(b"\n", pos, end)
                 row += block_rows
                 rows -= block_rows
                 pos = end
-            blocks.append(Block(path, start + pos, start + len(data), line, row, rows))
+            blocks.append(Block(path, start + pos, start + len(data), line, row, rows, compression))
             line += data.count(b"\n", pos)
             row += rows
-            start += len(data)
     return blocks
 
 
 class JsonLinesDocuments:
-    """Documents of local JSON Lines files per build split, read block by block in worker tasks.
+    """Documents of JSON Lines files (local or URLs, plain or compressed) per build split, read block
+    by block in worker tasks.
 
     The interface the build uses (shared with :class:`zarrtok.sources.DatasetDocuments`):
     ``splits``, ``num_documents(split)``, ``tasks(split, batch_size)``, ``texts(task)`` and
     ``head(split, n)``. Tasks are small picklable tuples; ``texts`` runs in worker processes.
+    ``storage_options`` are the source filesystem's (full, credentials included: this object lives
+    on the driver and in processes forked from it; plans get :func:`file_sources.plan_options`).
     """
 
     reader = "zarrtok-jsonl"
 
     def __init__(self, source: dict[str, _SourceSplit], selection: dict[str, tuple[str, np.ndarray | None]],
-                 columns: list[str], separator: str):
+                 columns: list[str], separator: str, storage_options: dict[str, Any] | None = None):
         self._source = source
         self._selection = selection  # build split -> (source split, sorted row indices or None for all)
         self.columns = columns
         self.separator = separator
+        self.storage_options = dict(storage_options or {})
+        self._parser = LineParser(columns, separator)
+        self._stream: tuple[str, int, Any] | None = None  # (path, decompressed position, open stream)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_stream"] = None
+        return state
 
     @classmethod
     def open(cls, files: dict[str, list[str]], *, columns: list[str], separator: str, validation_split: float | None,
              test_split: float | None, seed: int, splits: Sequence[str] | None, batch_size: int = 1000,
-             block_bytes: int = BLOCK_BYTES) -> JsonLinesDocuments:
+             block_bytes: int = BLOCK_BYTES, storage_options: dict[str, Any] | None = None) -> JsonLinesDocuments:
         """Scan the files into blocks (tasks) of at most ``block_bytes`` and ``batch_size`` rows, and
         apply the split rules of :mod:`zarrtok.sources` (without ``shuffle``)."""
         source: dict[str, _SourceSplit] = {}
@@ -214,8 +276,9 @@ class JsonLinesDocuments:
             blocks: list[Block] = []
             for path in paths:
                 first_row = blocks[-1].first_row + blocks[-1].num_rows if blocks else 0
-                blocks += scan_file(path, first_row, block_bytes, batch_size)
+                blocks += scan_file(path, first_row, block_bytes, batch_size, storage_options)
             source[split] = _SourceSplit(paths, blocks, blocks[-1].first_row + blocks[-1].num_rows if blocks else 0)
+
         def size(part: tuple[str, np.ndarray | None]) -> int:
             return source[part[0]].num_rows if part[1] is None else len(part[1])
 
@@ -224,7 +287,7 @@ class JsonLinesDocuments:
 
         selection = split_rules({name: (name, None) for name in source}, size=size, select=select,
                                 validation_split=validation_split, test_split=test_split, seed=seed, splits=splits)
-        return cls(source, selection, columns, separator)
+        return cls(source, selection, columns, separator, storage_options)
 
     @property
     def splits(self) -> list[str]:
@@ -248,43 +311,56 @@ class JsonLinesDocuments:
                 tasks.append((block, rows[lo:hi] - block.first_row))
         return tasks
 
+    def read_block(self, block: Block) -> bytes:
+        """The block's bytes: a ranged read, or for a compressed file the decompressed stream advanced
+        to the block (continuing this process's open stream of that file when the block lies ahead of
+        it, else decompressing from the start: see the module docstring for the cost)."""
+        if block.compression is None:
+            return file_sources.read_range(block.path, self.storage_options, block.start, block.end)
+        cached = self._stream
+        if cached is not None and cached[0] == block.path and cached[1] <= block.start:
+            path, pos, f = cached
+        else:
+            self.close()
+            f = file_sources.open_stream(block.path, self.storage_options, block.compression)
+            pos = 0
+        try:
+            while pos < block.start:
+                skipped = _read_full(f, min(SKIP_BYTES, block.start - pos))
+                if not skipped:
+                    raise ValueError(f"{block.path}: ends at byte {pos} of its decompressed data, before the "
+                                     f"block at {block.start} the plan recorded (the file changed since)")
+                pos += len(skipped)
+            data = _read_full(f, block.end - block.start)
+        except BaseException:
+            f.close()
+            self._stream = None
+            raise
+        self._stream = (block.path, pos + len(data), f)
+        return data
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream[2].close()
+            self._stream = None
+
     def texts(self, task: tuple[Block, np.ndarray | None]) -> list[str]:
         """The documents of one task, in order (parsed from the block's bytes)."""
         block, wanted = task
-        with open(block.path, "rb") as f:
-            f.seek(block.start)
-            data = f.read(block.end - block.start)
+        data = self.read_block(block)
+        if len(data) != block.end - block.start:
+            raise ValueError(f"{block.path}: {len(data)} bytes at {block.start}, the plan recorded "
+                             f"{block.end - block.start} (the file changed since)")
         keep = None if wanted is None else set(wanted.tolist())
-        texts: list[str] = []
-        row = -1
-        for number, line in enumerate(data.split(b"\n"), start=block.first_line):
-            if not line.strip(_BLANK):
-                continue
-            row += 1
-            if keep is not None and row not in keep:
-                continue
-            texts.append(self._document(line, block.path, number))
+        texts = self._parser.documents(data, block.path, block.first_line, keep, block.num_rows)
+        expected = block.num_rows if keep is None else len(keep)
+        if len(texts) != expected:
+            raise ValueError(f"{block.path}, line {block.first_line}: {len(texts)} rows in the block, the plan "
+                             f"recorded {expected} (the file changed since)")
         return texts
 
     def _document(self, line: bytes, path: str, number: int) -> str:
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object per line, got {type(obj).__name__}")
-        values = []
-        for column in self.columns:
-            value = obj.get(column)
-            if value is not None and not isinstance(value, str):
-                raise TypeError(
-                    f"{path}, line {number}: column {column!r} holds {type(value).__name__}, not a string: "
-                    "zarrtok tokenizes text columns only"
-                )
-            values.append(value)
-        if len(values) == 1:
-            return values[0] or ""
-        return self.separator.join(v for v in values if v)
+        return self._parser.json_document(line, path, number)
 
     def head(self, split: str, n: int) -> list[str]:
         """The first ``n`` documents of ``split`` (for verifying an encoder before the build)."""
@@ -293,16 +369,19 @@ class JsonLinesDocuments:
             texts += self.texts(task)
             if len(texts) >= n:
                 break
+        self.close()
         return texts[:n]
 
+    def files(self) -> list[str]:
+        return [p for s in self._source.values() for p in s.files]
+
     def identity(self, data_files: Any) -> dict[str, Any]:
-        """What the fingerprint records about the source (the files' sizes and mtimes included)."""
-        paths = [p for s in self._source.values() for p in s.files]
+        """What the fingerprint records about the source (the files' sizes and version markers)."""
         return {
             "kind": "load_dataset",
             "path": "json",
             "reader": self.reader,
             "data_files": _jsonable(data_files),
-            "files": file_stats(paths),
+            "files": file_sources.identity(self.files(), self.storage_options),
             "split_sizes": {name: self.num_documents(name) for name in self._selection},
         }
