@@ -6,7 +6,8 @@
 * ``"pool"`` (``num_workers > 1``): a forked process pool. With at least as many pending tasks as
   workers, workers run whole tasks (each writes its own shard); with fewer, the driver writes the
   shards and the workers encode their units (today's parallelism for one-shard splits). A task that
-  fails is retried once.
+  fails, or whose worker process dies (SIGKILL, out of memory: every wait also watches the workers'
+  process sentinels), runs once more on a fresh worker; a second failure raises naming the task.
 * a ``concurrent.futures.Executor``: ``executor.submit(run_task_from_area, ...)`` with plain
   strings (pickle-free); the plan is read from the build area by the worker.
 * Dask: ``scheduler="tcp://host:8786"`` or a ``dask.distributed.Client``; ``client.map`` of the
