@@ -113,8 +113,6 @@ def plan_json_lines(
     wanted = [columns] if isinstance(columns, str) else (list(columns) if columns is not None else ["text"])
     result: dict[str, list[str]] = {}
     for split, entries in spec.items():
-        if not all(file_sources.base_name(e).endswith(SUFFIXES) for e in entries):
-            return None
         files = file_sources.resolve(entries, options)
         if files is None or not all(file_sources.base_name(f).endswith(SUFFIXES) for f in files):
             return None

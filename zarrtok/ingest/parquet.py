@@ -95,8 +95,6 @@ def plan_parquet(dataset: Any, *, data_files: Any, columns: str | Sequence[str] 
     result: dict[str, list[str]] = {}
     text: list[str] | None = None
     for split, entries in spec.items():
-        if not all(e.lower().endswith(SUFFIXES) for e in entries):
-            return None
         files = file_sources.resolve(entries, options)
         if files is None or not all(f.lower().endswith(SUFFIXES) for f in files):
             return None
