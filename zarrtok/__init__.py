@@ -35,6 +35,7 @@ from .errors import (  # noqa: E402  (light: no dependencies)
 _LAZY = {
     "build": "zarrtok.ingest.builder",
     "plan_build": "zarrtok.ingest.builder",
+    "append": "zarrtok.ingest.appending",
     "open": "zarrtok.read.store",
     "copy": "zarrtok.read.store",
     "TokenStore": "zarrtok.read.store",
@@ -50,7 +51,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "build", "open", "copy", "ChunkShuffleSampler", "TokenStore", "TokenArray", "TokenDataset", "WindowBatch",
+    "build", "append", "open", "copy", "ChunkShuffleSampler", "TokenStore", "TokenArray", "TokenDataset", "WindowBatch",
     "collate_windows", "collate_dict", "TokenLoader", "MixtureDataset", "FastHfDatasetProvider", "ZarrtokError",
     "StoreNotFoundError", "StoreExistsError", "IncompleteStoreError", "FormatVersionError", "ChecksumError",
     "ObjectIOError", "__version__",

@@ -1,4 +1,4 @@
-"""The ``zarrtok`` command line: ``build``, ``info``, ``sample``, ``cp``, ``verify``, ``stats``, ``explain`` and ``demo``, over the public API."""
+"""The ``zarrtok`` command line: ``build``, ``append``, ``info``, ``sample``, ``cp``, ``verify``, ``stats``, ``explain`` and ``demo``, over the public API."""
 
 from __future__ import annotations
 
@@ -72,17 +72,45 @@ def _cmd_build(args: argparse.Namespace) -> int:
         **extra,
     )
     if args.plan_only:
-        if store is None:
-            print(f"{args.output} already holds this store: nothing to plan")
-            return 0
-        summary = {"store": args.output, "plan": store.key, "tasks": len(store.tasks), "pending": len(store.pending()),
-                   "fingerprint": store.fingerprint, "staging": store.staging.url}
-        print(json.dumps(summary, indent=2) if args.json else
-              f"planned {summary['tasks']} task(s) (plan {summary['plan']}, {summary['pending']} pending); run "
-              f"`zarrtok build-task {args.output} --task K` for K in 0..{summary['tasks'] - 1}, then "
-              f"`zarrtok commit {args.output}`")
-        return 0
+        return _print_plan(store, args)
     _print_info(store.info(), as_json=args.json)
+    return 0
+
+
+def _cmd_append(args: argparse.Namespace) -> int:
+    from .ingest.builder import build, plan_build
+
+    data_files: Any = args.data_files
+    if data_files and len(data_files) == 1:
+        data_files = data_files[0]
+    run, extra = (plan_build, {}) if args.plan_only else (build, {"scheduler": args.dask_scheduler})
+    result = run(
+        args.dataset, output=args.store, mode="append", allow_duplicate=args.allow_duplicate,
+        dataset_config_name=args.config, data_dir=args.data_dir, data_files=data_files or None,
+        revision=args.revision, tokenizer_name=args.tokenizer_name, columns=args.column or None,
+        column_separator=args.column_separator, validation_split=args.validation_split,
+        test_split=args.test_split, seed=args.seed, splits=args.split or None, num_workers=args.num_workers,
+        use_eos_token=not args.no_eos_token, add_special_tokens=not args.no_special_tokens,
+        chunk_size=args.chunk_size, shard_size=args.shard_size, storage_options=_storage_options(args),
+        batch_size=args.batch_size, progress=not args.no_progress, encoder=args.encoder, **extra,
+    )
+    if args.plan_only:
+        return _print_plan(result, args)
+    _print_info(result.info(), as_json=args.json)
+    return 0
+
+
+def _print_plan(plan: Any, args: argparse.Namespace) -> int:
+    where = getattr(args, "output", None) or args.store
+    if plan is None:
+        print(f"{where} already holds this store: nothing to plan")
+        return 0
+    summary = {"store": where, "plan": plan.key, "tasks": len(plan.tasks), "pending": len(plan.pending()),
+               "fingerprint": plan.fingerprint, "staging": plan.staging.url, "mode": plan.data.get("mode", "create")}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"planned {summary['tasks']} task(s) (plan {summary['plan']}, {summary['pending']} pending); run "
+          f"`zarrtok build-task {where} --task K` for K in 0..{summary['tasks'] - 1}, then "
+          f"`zarrtok commit {where}`")
     return 0
 
 
@@ -266,6 +294,35 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--dask-scheduler", metavar="ADDR", help="run the shard tasks on this Dask scheduler (tcp://...)")
     _add_storage_args(b)
     b.set_defaults(func=_cmd_build)
+
+    ap = sub.add_parser("append", help="add documents to a store as new shards (old readers keep their view)")
+    ap.add_argument("store", help="the store path or URL to append to")
+    ap.add_argument("dataset", help="load_dataset path/name of the documents to add: json, parquet, ...")
+    ap.add_argument("--data-files", nargs="+", help="data files (local paths or URLs)")
+    ap.add_argument("--config", help="dataset config name (dataset_config_name)")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--revision")
+    ap.add_argument("--tokenizer-name", help="check this tokenizer is the store's (default: use the store's)")
+    ap.add_argument("--column", action="append", help="text column (repeatable; default 'text')")
+    ap.add_argument("--column-separator", default="\n\n", help="joins several columns into one document")
+    ap.add_argument("--validation-split", type=float, default=0.0)
+    ap.add_argument("--test-split", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--split", action="append", help="only append these splits of the source (repeatable)")
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--no-eos-token", action="store_true", help="must match the store (refused otherwise)")
+    ap.add_argument("--no-special-tokens", action="store_true", help="must match the store (refused otherwise)")
+    ap.add_argument("--chunk-size", type=int, help="must match the store's (default: the store's)")
+    ap.add_argument("--shard-size", type=int, help="tokens per new shard")
+    ap.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
+    ap.add_argument("--allow-duplicate", action="store_true", help="append a source the store already holds")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--encoder", choices=["auto", "hf", "gigatoken", "tiktoken"], default="auto")
+    ap.add_argument("--json", action="store_true", help="print the store info (or the plan) as JSON")
+    ap.add_argument("--plan-only", action="store_true", help="write the plan and stop (then build-task, commit)")
+    ap.add_argument("--dask-scheduler", metavar="ADDR", help="run the shard tasks on this Dask scheduler (tcp://...)")
+    _add_storage_args(ap)
+    ap.set_defaults(func=_cmd_append)
 
     bt = sub.add_parser("build-task", help="run one shard task of a planned build (idempotent)")
     bt.add_argument("store", help="the store path or URL given to build --plan-only")

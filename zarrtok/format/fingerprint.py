@@ -39,3 +39,11 @@ def compute_fingerprint(payload: dict[str, Any]) -> str:
         raise ValueError(f"fingerprint payload mismatch: missing {sorted(missing)}, undeclared {sorted(extra)}")
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def appended_fingerprint(base: str, appended: str) -> str:
+    """The fingerprint of a store after an append: SHA-256 of the canonical JSON
+    ``{"append": <the appended source's build fingerprint>, "base": <the store's before>}`` (so the
+    same appends in the same order give the same fingerprint)."""
+    canonical = json.dumps({"append": appended, "base": base}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -51,6 +51,7 @@ from ..storage.commit import (
 )
 from ..storage.location import Location, as_location
 from ..storage.manifest_io import read_manifest
+from . import appending
 from . import plan as _plan
 from .executors import run_plan
 from .jsonl import JsonLinesDocuments, plan_json_lines
@@ -114,6 +115,8 @@ def build(
     encoder: str = "auto",
     executor: Any = None,
     scheduler: Any = None,
+    mode: str = "create",
+    allow_duplicate: bool = False,
 ) -> TokenStore:
     """Tokenize a dataset into a zarrtok store at ``output`` and return it opened.
 
@@ -145,6 +148,12 @@ def build(
             a verification on the corpus — else Hugging Face ``tokenizers``), ``"hf"`` (always
             Hugging Face), ``"gigatoken"`` or ``"tiktoken"`` (that fast path, or an error naming
             why it cannot be used). The manifest records which one ran, with its version.
+        executor, scheduler: where the shard tasks run (:mod:`zarrtok.ingest.executors`).
+        mode: ``"create"`` (a new store, or see ``overwrite``) or ``"append"``: add the documents to
+            the complete store at ``output`` as new shards (:mod:`zarrtok.ingest.appending`; the
+            tokenizer and encoding rules are the store's).
+        allow_duplicate: with ``mode="append"``, append a source that is already in the store again
+            (by default such an append does nothing and returns the store).
     """
     args = dict(locals())
     prepared = _prepare(args)
@@ -201,12 +210,22 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
         raise ValueError("dataset_name is required: a load_dataset name/path or a datasets.Dataset/DatasetDict")
     if a["encoder"] not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {a['encoder']!r}")
+    mode = a.get("mode", "create")
+    if mode not in ("create", "append"):
+        raise ValueError(f"mode must be 'create' or 'append', got {mode!r}")
     use_eos_token, add_special_tokens = a["use_eos_token"], a["add_special_tokens"]
     checksum, block_bytes, shard_size = a["checksum"], a["block_bytes"], a["shard_size"]
     if shard_size is not None and int(shard_size) < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
 
-    tok = load_tokenizer(a["tokenizer"], a["tokenizer_name"])
+    base = None  # the manifest an append extends
+    if mode == "append":
+        if overwrite is not False:
+            raise ValueError("mode='append' adds to a store and never replaces it: overwrite does not apply")
+        base_store, tok = appending.open_base(location, a["tokenizer"], a["tokenizer_name"])
+        base = base_store.manifest
+    else:
+        tok = load_tokenizer(a["tokenizer"], a["tokenizer_name"])
     eos_id = tok.eos_token_id
     if use_eos_token and eos_id is None:
         raise ValueError(
@@ -215,6 +234,13 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
         )
     dtype = choose_dtype(tok)
     chunk_size = a["chunk_size"]
+    if base is not None:
+        appending.check_rules(base, use_eos_token=use_eos_token, eos_token_id=eos_id,
+                              add_special_tokens=add_special_tokens)
+        dtype = np.dtype(base.dtype)
+        chunk_size, checksum, block_bytes = appending.layout_from_base(
+            base, chunk_size=chunk_size, checksum=checksum, block_bytes=block_bytes,
+            defaults={"checksum": "crc32c", "block_bytes": DEFAULT_BLOCK_BYTES})
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK_BYTES // dtype.itemsize
     chunk_size = int(chunk_size)
@@ -254,7 +280,13 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
         {"format_version": FORMAT_VERSION, "source": identity, "tokenizer_sha256": tokenizer_digest(tok),
          "dtype": dtype.name, **token_rules}
     )
-    base = None  # the manifest an append would extend: appends are not built yet (the plan key has room for them)
+    if base is not None and not a.get("allow_duplicate"):
+        seen = appending.already_in(base, fingerprint)
+        if seen is not None:
+            logger.info("%s already holds this source (%s of generation %s, %s): nothing to append "
+                        "(allow_duplicate=True appends it again)", location.url, seen.get("action"),
+                        str(seen.get("generation"))[:12], seen.get("created"))
+            return _Prepared(location, reused=TokenStore(location, base))
     layout = {"chunk_size": chunk_size, "shard_size": shard_size, "checksum": checksum,
               "block_bytes": int(block_bytes) if block_bytes else None, "batch_size": int(batch_size),
               "replace": overwrite is not False, "mode": "append" if base is not None else "create",
@@ -264,6 +296,8 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
     adopted = _plan.adopt_staging(location, key, replace) if base is None else None
     prepared = _Prepared(location, num_workers=int(num_workers), start_method=a["start_method"],
                          progress=bool(a["progress"]), fingerprint=fingerprint, documents=documents)
+    if base is not None:
+        return _prepare_append(prepared, a, base, tok, key, fingerprint, identity, origin)
     if base is None:
         try:
             reused, existing = _reuse_or_clear(location, fingerprint, overwrite)
@@ -352,6 +386,33 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
                 return prepared
         raise
     prepared.staging = staging
+    return prepared
+
+
+def _prepare_append(prepared: _Prepared, a: dict[str, Any], base: Manifest, tok: Any, key: str, fingerprint: str,
+                    identity: Any, origin: dict[str, Any]) -> _Prepared:
+    """The append counterpart of the planning half of :func:`_prepare` (see :mod:`.appending`)."""
+    location, documents = prepared.location, prepared.documents
+    chosen, encoder_name = _choose_encoder(
+        a["encoder"], backend_json(tok), eos_token_id=base.eos_token_id, add_special_tokens=a["add_special_tokens"],
+        dtype=base.dtype, sample=[t for name in documents.splits for t in documents.head(name, VERIFY_DOCUMENTS)],
+    )
+    prepared.encoder = chosen
+    resumed = appending.resume(location, key)
+    if resumed is not None:
+        prepared.plan, prepared.staging = resumed, resumed.staging
+        return prepared
+    manifest = appending.plan_manifest(base)
+    staging = appending.staging_for(location, manifest.generation)
+    data = _plan_data(key, location, manifest, tok, chosen, documents, origin, shard_size=a["shard_size"],
+                      suffix=shard_suffix(staging), first_ordinal=appending.first_ordinals(base), replace=False,
+                      history="append")
+    appending.finish_plan(data, base, fingerprint, identity, encoder_name)
+    plan = BuildPlan(data, staging, dict(location.storage_options))
+    logger.info("planning an append of %d shard(s) to %s (generation %s)", len(plan.tasks), location.url,
+                base.generation[:12])
+    appending.prepare_area(plan)
+    prepared.plan, prepared.staging = plan, staging
     return prepared
 
 
@@ -457,6 +518,9 @@ def _execute(prepared: _Prepared, *, executor: Any = None, scheduler: Any = None
         if isinstance(exc, KeyboardInterrupt):  # interrupted: keep what is done for a rerun
             _plan.release_writer(staging)
             raise
+        if plan.data.get("mode") == "append":
+            appending.discard(plan)
+            raise
         _discard(staging)
         if isinstance(exc, CommitConflictError):
             reused = _reuse_after_conflict(prepared.location, prepared.fingerprint)
@@ -471,6 +535,8 @@ def commit_build(plan: BuildPlan | str | os.PathLike | Location, *, staging: Any
     make the store visible. ``plan`` may be the store (its unfinished plan is found)."""
     if not isinstance(plan, BuildPlan):
         plan = _plan.find_plan(plan, storage_options)
+    if plan.data.get("mode") == "append":
+        return appending.commit(plan)
     location = as_location(plan.data["target"], plan.storage_options)
     if staging is None:
         staging = _staging_for(plan, location)

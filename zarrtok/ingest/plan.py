@@ -110,10 +110,11 @@ def shard_id(generation: str, index: int) -> str:
 
 
 def build_area(staging: Location, target_url: str, key: str, storage_options: dict[str, Any] | None = None) -> Location:
-    """Where the plan and the ledger live (see the module docstring)."""
-    if staging.is_local:
-        return Location(os.path.join(staging.local_path, BUILD_AREA), storage_options or {})
+    """Where the plan and the ledger live (see the module docstring): inside a local staging
+    directory; next to the store when the tasks write into the store itself (object stores, appends)."""
     target = as_location(target_url, storage_options)
+    if staging.is_local and not (target.is_local and os.path.abspath(staging.local_path) == os.path.abspath(target.local_path)):
+        return Location(os.path.join(staging.local_path, BUILD_AREA), storage_options or {})
     name = target.path.rstrip("/").rsplit("/", 1)[-1]
     return target.sibling(f".{name}.zarrtok-build-{key}")
 
@@ -207,30 +208,29 @@ def find_plan(store: str | os.PathLike | Location, storage_options: dict[str, An
               key: str | None = None) -> BuildPlan:
     """The plan of the (unique, or ``key``) unfinished build into ``store``."""
     target = as_location(store, storage_options)
+    plans = []
     if target.is_local:
-        plans = []
         for path, _token in local_stagings(target):
             area = Location(os.path.join(path, BUILD_AREA))
             plan = load_plan(area, Location(path, target.storage_options), target.storage_options)
             if key is None or plan.key == key:
                 plans.append(plan)
-    else:
-        name = target.path.rstrip("/").rsplit("/", 1)[-1]
-        parent = target.sibling("")
-        plans = []
-        try:
-            listing = parent.fs.ls(parent.path.rstrip("/"), detail=False)
-        except FileNotFoundError:
-            listing = []
-        for entry in listing:
-            base = entry.rstrip("/").rsplit("/", 1)[-1]
-            m = re.fullmatch(rf"\.{re.escape(name)}\.zarrtok-build-([0-9a-f]{{12}})", base)
-            if m and (key is None or m.group(1) == key):
-                area = target.sibling(base)
-                try:
-                    plans.append(load_plan(area, Location(target.url, target.storage_options), target.storage_options))
-                except FileNotFoundError:
-                    continue
+    # build areas next to the store: remote builds, and appends (which write into the store itself)
+    name = target.path.rstrip("/").rsplit("/", 1)[-1]
+    parent = target.sibling("")
+    try:
+        listing = parent.fs.ls(parent.path.rstrip("/"), detail=False)
+    except FileNotFoundError:
+        listing = []
+    for entry in listing:
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        m = re.fullmatch(rf"\.{re.escape(name)}\.zarrtok-build-([0-9a-f]{{12}})", base)
+        if m and (key is None or m.group(1) == key):
+            area = target.sibling(base)
+            try:
+                plans.append(load_plan(area, Location(target.url, target.storage_options), target.storage_options))
+            except FileNotFoundError:
+                continue
     if not plans:
         raise FileNotFoundError(f"no unfinished build plan for {target.url} (run `zarrtok build ... --plan-only`)")
     if len(plans) > 1:

@@ -361,6 +361,14 @@ class TokenStore(AnalysisMixin):
         """Copy this store to ``dst`` (any path or URL), verifying sizes; return the copy opened."""
         return copy(self.location, dst, dst_storage_options=storage_options, overwrite=overwrite, progress=progress)
 
+    def append(self, dataset_name: Any = None, **kwargs: Any) -> "TokenStore":
+        """Append documents (same source arguments as :func:`zarrtok.build`) as new shards; return the
+        store at its new generation. This object keeps the view it was opened with (see
+        :mod:`zarrtok.ingest.appending`)."""
+        from ..ingest.appending import append  # lazy: reading a store never imports the build
+
+        return append(self, dataset_name, **kwargs)
+
     def verify(self, *, progress: bool = True):
         """Check every chunk's CRC-32C, array metadata vs the manifest, document offsets, the
         tokenizer digest and that every id is in the vocabulary; returns a

@@ -79,6 +79,8 @@ logger = logging.getLogger(__name__)
 #: A writer not provably alive (another host, or no record of it) is presumed dead after this long.
 STALE_SECONDS = 24 * 3600
 #: The top-level entries a zarrtok store may have.
+#: a root zarr.json being replaced in place (storage.root_update): ours, not foreign data
+ROOT_TMP_PREFIX = ".zarr.json.tmp-"
 STORE_ENTRIES = frozenset({"zarr.json", TOKENIZER_GROUP, SPLITS_GROUP, "indices"})  # indices/: derived data keyed by generation
 
 EMPTY, COMPLETE, INCOMPLETE = "empty", "complete", "incomplete"
@@ -146,7 +148,7 @@ def inspect(location: Location) -> Existing:
         entries = sorted({k.split("/", 1)[0] for k in files})
         if "zarr.json" in files:
             raw = io.get("zarr.json")
-    foreign = sorted(set(entries) - STORE_ENTRIES)
+    foreign = sorted(e for e in set(entries) - STORE_ENTRIES if not e.startswith(ROOT_TMP_PREFIX))
     shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
     if raw is None:
         raise _foreign(url, f"exists and is not a zarrtok store (no zarr.json; it holds {shown})")
