@@ -213,6 +213,15 @@ def test_append_refuses_a_store_replaced_meanwhile(tmp_path, parts, tokenizer_di
     with pytest.raises(CommitConflictError, match="replaced"):
         commit_build(base.location.url)
     assert zarrtok.open(base.location.url).manifest.generation == replaced.manifest.generation
+    # its writer dies; the next append sweeps its area (it can never commit now) and lands itself
+    from zarrtok.ingest import plan as _plan
+    from zarrtok.ingest.appending import WRITER
+
+    dead = {"pid": 4_000_000, "host": __import__("socket").gethostname(), "created": 0}
+    _plan.put_object(plan.area, WRITER, json.dumps(dead).encode())
+    grown = zarrtok.append(base.location.url, "json", data_files=files[1], **KW)
+    assert not os.path.exists(plan.area.local_path)
+    assert [h["action"] for h in grown.manifest.history] == ["build", "append"]
 
 
 @pytest.mark.slow

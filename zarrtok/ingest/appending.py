@@ -97,6 +97,7 @@ def open_base(location: Location, tokenizer: Any, tokenizer_name: Any):
             f"{location.url}: nothing to append to — "
             f"{'no store there' if existing.error is None else existing.error}; build it first")
     store = TokenStore(location, existing.manifest)
+    sweep_stale(location, existing.manifest)
     if tokenizer is None and tokenizer_name is None:
         return store, store.tokenizer
     from .tokenization import load_tokenizer, tokenizer_digest
@@ -213,6 +214,41 @@ def resume(location: Location, key: str) -> _plan.BuildPlan | None:
     logger.info("resuming the append %s into %s (%d of %d task(s) left)", key, location.url, len(plan.pending()),
                 len(plan.tasks))
     return plan
+
+
+def sweep_stale(location: Location, current: Manifest) -> list[str]:
+    """Remove the shards and build areas of appends that can never commit: their writer is dead and
+    either the store was replaced since they started (their base is not in its history) or they
+    are older than :data:`~zarrtok.storage.commit.STALE_SECONDS` (a rerun would have resumed them).
+    Run by every append before it plans; returns the keys swept."""
+    import json
+
+    from ..storage.commit import STALE_SECONDS
+
+    lineage = {current.generation} | {str(h.get("generation")) for h in current.history}
+    swept = []
+    for key, area in _plan.sibling_areas(location):
+        try:
+            plan = _plan.load_plan(area, Location(location.url, dict(location.storage_options)),
+                                   location.storage_options)
+        except (FileNotFoundError, ValueError):
+            continue
+        if plan.data.get("mode") != "append":
+            continue
+        try:
+            info = json.loads(_plan.get_object(area, WRITER))
+        except (FileNotFoundError, ValueError):
+            info = {}
+        age = time.time() - float(info.get("created", 0) or 0)
+        if writer_alive(info or None, age):
+            continue
+        if plan.data.get("base_generation") in lineage and age < STALE_SECONDS:
+            continue  # resumable by a rerun of the same append
+        logger.warning("removing the unfinished append %s into %s (writer gone%s)", key, location.url,
+                       "" if plan.data.get("base_generation") in lineage else ", store replaced since")
+        discard(plan)
+        swept.append(key)
+    return swept
 
 
 def commit(plan: _plan.BuildPlan, *, lock_timeout: float = LOCK_TIMEOUT_S):

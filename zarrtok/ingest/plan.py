@@ -204,6 +204,24 @@ def local_stagings(target: Location) -> list[tuple[str, str]]:
     return out
 
 
+def sibling_areas(target: Location) -> list[tuple[str, Location]]:
+    """``(key, area)`` of every build area next to the store (remote builds, and appends, which
+    write into the store itself): ``<parent>/.<name>.zarrtok-build-<key>``."""
+    name = target.path.rstrip("/").rsplit("/", 1)[-1]
+    parent = target.sibling("")
+    try:
+        listing = parent.fs.ls(parent.path.rstrip("/"), detail=False)
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in sorted(listing):
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        m = re.fullmatch(rf"\.{re.escape(name)}\.zarrtok-build-([0-9a-f]{{12}})", base)
+        if m:
+            out.append((m.group(1), target.sibling(base)))
+    return out
+
+
 def find_plan(store: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None,
               key: str | None = None) -> BuildPlan:
     """The plan of the (unique, or ``key``) unfinished build into ``store``."""
@@ -215,18 +233,8 @@ def find_plan(store: str | os.PathLike | Location, storage_options: dict[str, An
             plan = load_plan(area, Location(path, target.storage_options), target.storage_options)
             if key is None or plan.key == key:
                 plans.append(plan)
-    # build areas next to the store: remote builds, and appends (which write into the store itself)
-    name = target.path.rstrip("/").rsplit("/", 1)[-1]
-    parent = target.sibling("")
-    try:
-        listing = parent.fs.ls(parent.path.rstrip("/"), detail=False)
-    except FileNotFoundError:
-        listing = []
-    for entry in listing:
-        base = entry.rstrip("/").rsplit("/", 1)[-1]
-        m = re.fullmatch(rf"\.{re.escape(name)}\.zarrtok-build-([0-9a-f]{{12}})", base)
-        if m and (key is None or m.group(1) == key):
-            area = target.sibling(base)
+    for area_key, area in sibling_areas(target):
+        if key is None or area_key == key:
             try:
                 plans.append(load_plan(area, Location(target.url, target.storage_options), target.storage_options))
             except FileNotFoundError:
