@@ -40,6 +40,7 @@ SUITES: dict[str, tuple[list[str], list[str]]] = {
     "local_read": (["--quick"], []),
     "remote_peers": (["--quick"], []),
     "build_peers": (["--quick"], ["--full"]),
+    "build_scale": (["--quick"], ["--full"]),
 }
 #: suites that run with PEERS_PYTHON (they import archai / litdata)
 PEER_SUITES = ("local_read", "remote_peers", "build_peers")

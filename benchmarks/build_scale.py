@@ -1,0 +1,594 @@
+"""Scale-out builds (issue 13): the same build on Dask vs the local pool vs in-process, peak memory per
+worker as the corpus grows, what the driver moves, and the commit / open cost as shards multiply.
+
+Run from the repository root::
+
+    python -m benchmarks.build_scale --full     # 250 MB + 1 GB corpora; 10 / 100 / 1,000 shards (~15 minutes)
+    python -m benchmarks.build_scale --quick    # 2 MB + 8 MB; 10 / 100 shards: a smoke run (~1-2 minutes)
+
+Method
+------
+1. **Corpus**: ``benchmarks.common.make_corpus`` (the synthetic documents of
+   ``zarrtok.testing.corpus`` and its 4,096-token byte-level BPE) writes a base JSONL of
+   ``--base-tokens``; a corpus of ``S`` MB is that file's lines repeated until ``S`` MB (a line
+   boundary past it). Every build uses ``encoder="auto"`` (gigatoken, when it verifies), the
+   default chunk size and ``shard_size=--shard-tokens`` (so a 250 MB corpus is ~15 shard tasks and
+   1 GB ~60: a worker's share of the work is whole shards).
+2. **Contenders** (same corpus, same arguments, one round each, order rotated per size):
+   ``inprocess`` (``executor="inprocess"``), ``pool`` (``executor="pool", num_workers=w``: forked
+   workers, :func:`zarrtok.ingest.executors._run_pool`) and ``dask`` (``executor=client`` of a
+   ``distributed.LocalCluster(n_workers=w, threads_per_worker=1, processes=True)`` on 127.0.0.1,
+   started before the clock and closed after the size; its start-up is reported apart), ``w`` = 1
+   and 2. tokens/s = tokens of the store / wall seconds of ``zarrtok.build`` (planning, encoder
+   verification, tasks, commit). The headline is Dask / pool at equal workers.
+3. **Peak memory per worker**: a thread samples the RSS (``psutil``) of every worker process every
+   50 ms: the driver's children for the pool, the pids ``client.run(os.getpid)`` names for Dask,
+   the driver for in-process. The row is the largest per-process peak; flat = the 1 GB corpus's
+   over the 250 MB corpus's.
+4. **Bytes through the driver**: ``builder.run_plan`` (the task phase only: no planning, no commit)
+   is wrapped to read the driver's ``/proc/self/io`` ``rchar`` + ``wchar`` (every byte any thread
+   of the driver read or wrote through a syscall: files, pipes, sockets) before and after, and to
+   pickle what the tasks returned (the ledger records). Both over the store's token bytes.
+5. **Many shards**: a small corpus (the base file's first ``--shard-docs`` documents) built with
+   ``shard_size`` = its tokens / N, for N = 10, 100 (and 1,000 with ``--full``), into a local
+   directory and into a bucket of moto's S3 server on loopback
+   (:class:`zarrtok.testing.s3server.S3Server`, which logs every request server-side), the CLI's
+   flow: ``plan_build`` (timed), ``run_plan(..., executor="inprocess")`` (timed; S3 requests
+   counted), ``commit_build`` (timed; requests counted), then in a fresh interpreter ``zarrtok.open``
+   + ``dataset("train", L)`` + the first window (timed after imports; S3 requests counted), with
+   ``L`` under one shard's tokens so the first window is one shard's. Manifest bytes = the root
+   ``zarr.json``.
+6. The load averages before and after every section are recorded next to its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.common import (
+    conditions,
+    default_json,
+    isolate_caches,
+    load_average,
+    local_only_network,
+    machine_info,
+    make_corpus,
+    row,
+    run_in_workdir,
+    write_report,
+)
+
+SUITE = "build_scale"
+DEFAULT_JSON = default_json(SUITE)
+FULL_SIZES_MB, QUICK_SIZES_MB = (250, 1000), (2, 8)
+FULL_SHARDS, QUICK_SHARDS = (10, 100, 1000), (10, 100)
+WORKERS = (1, 2)
+TARGET_DASK_VS_POOL = 0.9
+TARGET_FLAT = 1.1  # peak RSS per worker, 1 GB / 250 MB corpus
+TARGET_DRIVER_BYTES = 0.01  # bytes through the driver during the task phase / token bytes
+TARGET_COMMIT_S = 5.0
+TARGET_OPEN_REQUESTS = 4
+
+
+# -- corpus ----------------------------------------------------------------------------------------------
+def sized_corpus(base: str, target_mb: int, out: str) -> dict[str, Any]:
+    """``base``'s lines repeated until ``target_mb`` MB (10^6 bytes)."""
+    target = target_mb * 1_000_000
+    with open(base, "rb") as f:
+        lines = f.read()
+    written = 0
+    with open(out, "wb") as f:
+        while written < target:
+            piece = lines if written + len(lines) <= target else lines[: lines.index(b"\n", target - written) + 1]
+            f.write(piece)
+            written += len(piece)
+    return {"path": out, "bytes": written, "base_bytes": len(lines), "repeats": written / len(lines)}
+
+
+# -- measuring a build ----------------------------------------------------------------------------------
+def proc_io(path: str = "/proc/self/io") -> int:
+    """rchar + wchar of this process (all its threads, also those that ended), or of one thread
+    (``/proc/self/task/<tid>/io``)."""
+    with open(path) as f:
+        vals = dict(line.split(": ") for line in f.read().splitlines())
+    return int(vals["rchar"]) + int(vals["wchar"])
+
+
+class WorkerRSS:
+    """Samples the RSS and USS (private memory) of the processes ``pids()`` names every ``interval``
+    s; per-pid peaks in bytes. Its own /proc reads are excluded from the driver's I/O (``io()``)."""
+
+    def __init__(self, pids, interval: float = 0.1):
+        import psutil
+
+        self.psutil, self.pids, self.interval = psutil, pids, interval
+        self.peaks: dict[int, int] = {}
+        self.uss: dict[int, int] = {}
+        self.tid: int | None = None
+        self._started = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def _run(self) -> None:
+        self.tid = threading.get_native_id()
+        self._started.set()
+        while not self._stop.is_set():
+            for pid in self.pids():
+                try:
+                    info = self.psutil.Process(pid).memory_full_info()
+                except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                    continue
+                self.peaks[pid] = max(self.peaks.get(pid, 0), info.rss)
+                self.uss[pid] = max(self.uss.get(pid, 0), info.uss)
+            self._stop.wait(self.interval)
+
+    def io(self) -> int:
+        """The sampler thread's own syscall bytes so far."""
+        return proc_io(f"/proc/self/task/{self.tid}/io")
+
+    def stop(self) -> dict[int, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
+class DriverTraffic:
+    """Wraps ``builder.run_plan``: the driver's syscall I/O bytes during the task phase (less the
+    samplers' own /proc reads) and the pickled size of what the tasks returned."""
+
+    def __init__(self, samplers: Sequence[WorkerRSS]):
+        from zarrtok.ingest import builder
+
+        self.builder, self.real = builder, builder.run_plan
+        self.io_bytes = self.result_bytes = self.records = 0
+
+        def own() -> int:
+            return proc_io() - sum(s.io() for s in samplers)
+
+        def wrapped(plan, pending, **kw):
+            before = own()
+            out = self.real(plan, pending, **kw)
+            self.io_bytes += own() - before
+            self.result_bytes += len(pickle.dumps(out))
+            self.records += len(out)
+            return out
+
+        builder.run_plan = wrapped
+
+    def close(self) -> None:
+        self.builder.run_plan = self.real
+
+
+def build_once(kind: str, workers: int, data: str, tok_dir: str, out: str, shard_tokens: int,
+               client: Any = None) -> dict[str, Any]:
+    import psutil
+
+    import zarrtok
+
+    shutil.rmtree(out, ignore_errors=True)
+    kw: dict[str, Any] = dict(data_files=[data], tokenizer_name=tok_dir, output=out, validation_split=0.0,
+                              progress=False, shard_size=shard_tokens)
+    me = psutil.Process()
+    if kind == "inprocess":
+        kw["executor"], pids = "inprocess", lambda: [me.pid]
+    elif kind == "pool":
+        kw.update(executor="pool", num_workers=workers)
+        others = {c.pid for c in me.children(recursive=True)}  # e.g. a closed cluster's processes still exiting
+        pids = lambda: [c.pid for c in me.children() if c.pid not in others]  # noqa: E731  (the pool's workers)
+    else:
+        kw["executor"] = client
+        worker_pids = sorted(client.run(os.getpid).values())
+        pids = lambda: worker_pids  # noqa: E731
+    idle = {}
+    for pid in pids():
+        try:
+            idle[pid] = psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    sampler = WorkerRSS(pids)
+    driver_peak = WorkerRSS(lambda: [me.pid])
+    traffic = DriverTraffic([sampler, driver_peak])
+    try:
+        t0 = time.perf_counter()
+        store = zarrtok.build("json", **kw)
+        seconds = time.perf_counter() - t0
+    finally:
+        peaks = sampler.stop()
+        dpeak = driver_peak.stop()
+        traffic.close()
+    n = store.num_tokens("train")
+    token_bytes = n * store.dtype.itemsize
+    shards = len(store.manifest.splits["train"].shards)
+    res = {"kind": kind, "workers": workers, "tokens": n, "seconds": seconds, "tokens_per_second": n / seconds,
+           "shards": shards, "encoder": store.manifest.encoder,
+           "peak_rss_per_worker_mb": max(peaks.values(), default=0) / 1e6,
+           "peak_uss_per_worker_mb": max(sampler.uss.values(), default=0) / 1e6,
+           "worker_peaks_mb": {str(p): v / 1e6 for p, v in peaks.items()},
+           "worker_idle_rss_mb": {str(p): v / 1e6 for p, v in idle.items()},
+           "worker_processes_seen": len(peaks), "driver_peak_rss_mb": max(dpeak.values(), default=0) / 1e6,
+           "driver_io_bytes_task_phase": traffic.io_bytes, "task_result_bytes": traffic.result_bytes,
+           "token_bytes": token_bytes, "driver_io_over_token_bytes": traffic.io_bytes / token_bytes,
+           "task_results_over_token_bytes": traffic.result_bytes / token_bytes}
+    if kind == "dask":
+        from zarrtok.ingest import plan as planmod
+
+        res["dask_worker_cached_plans"] = sorted(client.run(lambda: len(planmod._CONTEXT)).values())
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def start_cluster(workers: int):
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    client = Client(cluster)
+    client.run(_warm_worker)  # imports on the workers: part of a long-lived cluster's start-up
+    return cluster, client, time.perf_counter() - t0
+
+
+def _warm_worker() -> None:
+    import zarr  # noqa: F401
+
+    from zarrtok.ingest import gigatoken_encoding, plan, writer  # noqa: F401
+
+
+def build_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any]:
+    sizes = QUICK_SIZES_MB if args.quick else FULL_SIZES_MB
+    out: dict[str, Any] = {"sizes_mb": list(sizes), "shard_tokens": args.shard_tokens, "runs": [], "corpora": {},
+                           "load_average_before": load_average()}
+    for i, size in enumerate(sizes):
+        data = os.path.join(workdir, f"corpus-{size}mb.jsonl")
+        info = sized_corpus(base, size, data)
+        out["corpora"][str(size)] = info
+        with open(data, "rb") as f:  # warm the page cache: every contender reads it warm
+            while f.read(1 << 24):
+                pass
+        combos = [(k, w) for w in WORKERS for k in ("inprocess", "pool", "dask") if not (k == "inprocess" and w > 1)]
+        if size != sizes[0] and not args.all_contenders_every_size:
+            combos = [(k, w) for k, w in combos if w == max(WORKERS) and k != "inprocess"]  # memory at the big size
+        shift = i % len(combos)
+        combos = combos[shift:] + combos[:shift]
+        for w in sorted({w for _, w in combos}):
+            cluster = client = None
+            if any(k == "dask" and ww == w for k, ww in combos):
+                cluster, client, startup = start_cluster(w)
+                out.setdefault("dask_startup_seconds", {})[f"{size}/{w}"] = startup
+            try:
+                for kind, ww in combos:
+                    if ww != w:
+                        continue
+                    r = build_once(kind, w, data, tok_dir, os.path.join(workdir, "out"), args.shard_tokens, client)
+                    r.update(size_mb=size, load_average=load_average())
+                    out["runs"].append(r)
+                    print(f"{size:>5} MB {kind:<9} {w}w: {r['tokens']:>12,} tokens, {r['shards']:>3} shards, "
+                          f"{r['seconds']:7.1f}s = {r['tokens_per_second'] / 1e6:5.2f}M tok/s; peak RSS/worker "
+                          f"{r['peak_rss_per_worker_mb']:6.0f} MB (USS {r['peak_uss_per_worker_mb']:.0f} MB, "
+                          f"{r['worker_processes_seen']} procs); driver I/O "
+                          f"{r['driver_io_bytes_task_phase'] / 1e6:8.2f} MB, task results "
+                          f"{r['task_result_bytes'] / 1e3:6.1f} kB vs {r['token_bytes'] / 1e6:.0f} MB of tokens; "
+                          f"load {r['load_average'][0]:.2f}", flush=True)
+            finally:
+                if client is not None:
+                    client.close()
+                    cluster.close()
+        os.unlink(data)
+    out["load_average_after"] = load_average()
+    return out
+
+
+# -- many shards: commit and open ----------------------------------------------------------------------
+OPEN_CODE = """
+import json, sys, time
+import zarrtok, zarr, fsspec
+zarrtok.open, zarrtok.TokenDataset
+url, so, seq = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+if so:
+    import s3fs  # noqa: F401 (imports outside the clock)
+t = time.perf_counter()
+s = zarrtok.open(url, storage_options=so or None)
+d = s.dataset("train", seq)
+d[0]
+print(json.dumps({"seconds": time.perf_counter() - t, "shards": len(s.manifest.splits["train"].shards)}))
+"""
+
+
+def shards_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any]:
+    import zarrtok
+    from zarrtok.ingest import builder
+    from zarrtok.ingest.executors import run_plan
+    from zarrtok.testing.s3server import S3Server
+
+    counts = QUICK_SHARDS if args.quick else FULL_SHARDS
+    data = os.path.join(workdir, "shards-corpus.jsonl")
+    with open(base) as f, open(data, "w") as g:
+        for i, line in enumerate(f):
+            if i >= args.shard_docs:
+                break
+            g.write(line)
+    common_kw = dict(data_files=[data], tokenizer_name=tok_dir, validation_split=0.0, progress=False,
+                     batch_size=64)
+    one = zarrtok.build("json", output=os.path.join(workdir, "shards-one"), **common_kw)
+    total = one.num_tokens("train")
+    shutil.rmtree(os.path.join(workdir, "shards-one"), ignore_errors=True)
+    out: dict[str, Any] = {"documents": args.shard_docs, "tokens": total, "runs": [],
+                           "load_average_before": load_average()}
+    server = S3Server()
+    env = {**os.environ, "ZARRTOK_CACHE_DIR": os.path.join(workdir, "zcache")}
+    try:
+        for n in counts:
+            shard = math.ceil(total / n)
+            for where in ("local", "s3"):
+                if where == "local":
+                    url, so = os.path.join(workdir, f"many-{n}"), {}
+                else:
+                    bucket = server.make_bucket(f"many-{n}-{int(time.time() * 1000) % 10**8}")
+                    url, so = f"s3://{bucket}/store", server.storage_options
+                server.reset_log()
+                t0 = time.perf_counter()
+                plan = zarrtok.plan_build("json", output=url, shard_size=shard, storage_options=so or None,
+                                          **common_kw)
+                plan_s = time.perf_counter() - t0
+                plan_requests = len(server.requests)
+                server.reset_log()
+                t0 = time.perf_counter()
+                mode = "direct"
+                if where == "s3" and n > args.direct_s3_shards:
+                    mode = "local tasks + upload"
+                    upload_s = write_locally_and_upload(plan, os.path.join(workdir, f"mirror-{n}"), so)
+                else:
+                    run_plan(plan, plan.pending(), executor="inprocess")
+                    upload_s = None
+                tasks_s = time.perf_counter() - t0
+                task_reqs = server.requests
+                server.reset_log()
+                t0 = time.perf_counter()
+                store = builder.commit_build(plan)
+                commit_s = time.perf_counter() - t0
+                commit_reqs = server.requests
+                shards = len(store.manifest.splits["train"].shards)
+                seq = max(16, min(2048, total // shards // 2))
+                if where == "local":
+                    manifest_bytes = os.path.getsize(os.path.join(url, "zarr.json"))
+                else:
+                    manifest_bytes = server.list_keys(bucket, "store/zarr.json").get("store/zarr.json", 0)
+                server.reset_log()
+                opened = json.loads(subprocess.check_output(
+                    [sys.executable, "-c", OPEN_CODE, url, json.dumps(so), str(seq)], text=True, env=env).strip()
+                    .splitlines()[-1])
+                open_reqs = server.requests if where == "s3" else []
+                r = {"shards_target": n, "shards": shards, "where": where, "shard_tokens": shard, "tasks_mode": mode,
+                     "upload_seconds": upload_s,
+                     "plan_seconds": plan_s, "plan_requests": plan_requests if where == "s3" else None,
+                     "tasks_seconds": tasks_s, "commit_seconds": commit_s, "manifest_bytes": manifest_bytes,
+                     "open_first_window_seconds": opened["seconds"], "seq_len": seq,
+                     "load_average": load_average()}
+                if where == "s3":
+                    r.update(task_requests=len(task_reqs), task_puts=sum(q.method == "PUT" for q in task_reqs),
+                             requests_per_shard=len(task_reqs) / shards,
+                             puts_per_shard=sum(q.method == "PUT" for q in task_reqs) / shards,
+                             tasks_by_method={m: sum(q.method == m for q in task_reqs)
+                                              for m in sorted({q.method for q in task_reqs})},
+                             commit_requests=len(commit_reqs),
+                             commit_by_method={m: sum(q.method == m for q in commit_reqs)
+                                               for m in sorted({q.method for q in commit_reqs})},
+                             open_requests=len(open_reqs),
+                             open_request_log=[f"{q.method} {q.path}{'?' + q.query if q.query else ''}"
+                                               for q in open_reqs][:20])
+                out["runs"].append(r)
+                extra = (f"; S3 requests: tasks {r['requests_per_shard']:.1f}/shard ({r['puts_per_shard']:.1f} PUT), "
+                         f"commit {r['commit_requests']}, open {r['open_requests']}") if where == "s3" else ""
+                print(f"{where:<5} {shards:>5} shards: plan {plan_s:6.2f}s, tasks {tasks_s:7.2f}s, commit "
+                      f"{commit_s:6.3f}s, manifest {manifest_bytes / 1e3:8.1f} kB, open+window "
+                      f"{opened['seconds'] * 1e3:7.1f} ms{extra}; load {r['load_average'][0]:.2f}", flush=True)
+                if where == "local":
+                    shutil.rmtree(url, ignore_errors=True)
+    finally:
+        server.stop()
+    out["load_average_after"] = load_average()
+    return out
+
+
+def write_locally_and_upload(plan: Any, local: str, storage_options: dict[str, Any]) -> float:
+    """Many shards on moto (which serves ~100 requests/s in this process): run the plan's tasks with
+    the same ``run_task`` into a local directory laid out like the store, then upload the shards and
+    the ledger records into the bucket (concurrent s3fs PUTs), leaving the bucket as the tasks would
+    have. Returns the upload's seconds."""
+    import s3fs
+    import zarr
+
+    from zarrtok.ingest import plan as planmod
+    from zarrtok.storage.location import Location
+
+    shutil.rmtree(local, ignore_errors=True)
+    root = zarr.open_group(zarr.storage.LocalStore(local), mode="w")
+    for split in plan.splits:
+        root.create_group(f"splits/{split}/shards")
+    staging = Location(local)
+    for k in plan.pending():
+        planmod.run_task(plan.data, k, staging)
+    area_local = planmod.build_area(staging, plan.data["target"], plan.key)
+    store_remote = plan.data["target"].split("://", 1)[1].rstrip("/")
+    area_remote = plan.area.url.split("://", 1)[1].rstrip("/")
+    lpaths, rpaths = [], []
+    for split in plan.splits:
+        base = os.path.join(local, "splits", split, "shards")
+        for dirpath, _, files in os.walk(base):
+            if dirpath == base:
+                continue  # the shards group itself is the plan's
+            for name in files:
+                full = os.path.join(dirpath, name)
+                lpaths.append(full)
+                rpaths.append(f"{store_remote}/{os.path.relpath(full, local)}")
+    done = os.path.join(area_local.local_path, planmod.LEDGER)
+    for name in os.listdir(done):
+        lpaths.append(os.path.join(done, name))
+        rpaths.append(f"{area_remote}/{planmod.LEDGER}/{name}")
+    t0 = time.perf_counter()
+    s3fs.S3FileSystem(**storage_options).put(lpaths, rpaths)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(local, ignore_errors=True)
+    return seconds
+
+
+# -- the 1T projection ------------------------------------------------------------------------------------
+def projection(report: dict[str, Any], cores_per_machine: int = 32) -> dict[str, Any]:
+    """1T tokens on N machines of ``cores_per_machine`` workers each, from the measured per-worker
+    rate (the Dask 1-worker build of the first size), and the limits beside it."""
+    runs = report["build"]["runs"]
+    first = report["build"]["sizes_mb"][0]
+    per_worker = next((r["tokens_per_second"] for r in runs if r["kind"] == "dask" and r["workers"] == 1
+                       and r["size_mb"] == first), None)
+    shard_runs = [r for r in report["shards"]["runs"] if r["where"] == "s3"]
+    big = max(shard_runs, key=lambda r: r["shards"]) if shard_runs else None
+    direct = [r for r in shard_runs if r["tasks_mode"] == "direct"]
+    big_direct = max(direct, key=lambda r: r["shards"]) if direct else None
+    out: dict[str, Any] = {"tokens": 1e12, "cores_per_machine": cores_per_machine,
+                           "per_worker_tokens_per_second": per_worker, "machines": {}}
+    if per_worker is None:
+        return out
+    for n in (1, 8, 64, 512):
+        workers = n * cores_per_machine
+        out["machines"][str(n)] = {"workers": workers, "hours": 1e12 / (per_worker * workers) / 3600}
+    if big:
+        out["manifest_bytes_per_shard"] = big["manifest_bytes"] / big["shards"]
+        out["commit_seconds_at_most_shards"] = {"shards": big["shards"], "seconds": big["commit_seconds"],
+                                                "requests": big["commit_requests"]}
+    if big_direct:
+        out["puts_per_shard"] = big_direct["puts_per_shard"]
+        out["requests_per_shard"] = big_direct["requests_per_shard"]
+        out["task_requests_by_method_per_shard"] = {m: c / big_direct["shards"]
+                                                    for m, c in big_direct["tasks_by_method"].items()}
+    return out
+
+
+# -- rows --------------------------------------------------------------------------------------------------
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    b = report["build"]
+    sizes = b["sizes_mb"]
+
+    def get(size, kind, w):
+        return next((r for r in b["runs"] if r["size_mb"] == size and r["kind"] == kind and r["workers"] == w), None)
+
+    for r in b["runs"]:
+        out.append(row(SUITE, f"{r['size_mb']} MB {r['kind']} {r['workers']}w: build tokens/s", r["tokens_per_second"],
+                       unit="tokens/s", conditions=conditions(report, size_mb=r["size_mb"], load_average=r["load_average"],
+                                                              shards=r["shards"], encoder=r["encoder"])))
+    for size in sizes:
+        for w in WORKERS:
+            d, p = get(size, "dask", w), get(size, "pool", w)
+            if d and p:
+                ratio = d["tokens_per_second"] / p["tokens_per_second"]
+                out.append(row(SUITE, f"{size} MB {w}w: build tokens/s Dask LocalCluster / pool", ratio,
+                               reference="pool", target=f">= {TARGET_DASK_VS_POOL}x", ok=ratio >= TARGET_DASK_VS_POOL,
+                               conditions=conditions(report, size_mb=size, workers=w,
+                                                     load_average=[d["load_average"], p["load_average"]])))
+        i = get(size, "inprocess", 1)
+        p2 = get(size, "pool", 2)
+        if i and p2:
+            out.append(row(SUITE, f"{size} MB: build tokens/s pool 2w / in-process", p2["tokens_per_second"]
+                           / i["tokens_per_second"], reference="inprocess", conditions=conditions(report, size_mb=size)))
+    if len(sizes) > 1:
+        small, big = sizes[0], sizes[-1]
+        for kind in ("pool", "dask"):
+            a, z = get(small, kind, max(WORKERS)), get(big, kind, max(WORKERS))
+            if a and z:
+                flat = z["peak_rss_per_worker_mb"] / a["peak_rss_per_worker_mb"]
+                out.append(row(SUITE, f"{kind} {max(WORKERS)}w: peak RSS per worker {big} MB / {small} MB (flat)",
+                               flat, reference=f"{small} MB", target=f"<= {TARGET_FLAT}x", ok=flat <= TARGET_FLAT,
+                               conditions=conditions(report, peak_mb=[a["peak_rss_per_worker_mb"],
+                                                                      z["peak_rss_per_worker_mb"]])))
+    for r in b["runs"]:
+        if r["size_mb"] != sizes[-1] or r["workers"] != max(WORKERS) and r["kind"] != "inprocess":
+            continue
+        ok = None if r["kind"] == "inprocess" else r["driver_io_over_token_bytes"] <= TARGET_DRIVER_BYTES
+        out.append(row(SUITE, f"{r['size_mb']} MB {r['kind']} {r['workers']}w: driver I/O in task phase / token bytes",
+                       r["driver_io_over_token_bytes"], reference="token bytes",
+                       target=None if ok is None else f"<= {TARGET_DRIVER_BYTES}x", ok=ok,
+                       conditions=conditions(report, driver_io_bytes=r["driver_io_bytes_task_phase"],
+                                             task_result_bytes=r["task_result_bytes"], token_bytes=r["token_bytes"])))
+    for r in report["shards"]["runs"]:
+        cond = conditions(report, shards=r["shards"], where=r["where"], load_average=r["load_average"])
+        out.append(row(SUITE, f"{r['where']} {r['shards']} shards: commit seconds", r["commit_seconds"], unit="s",
+                       target=f"< {TARGET_COMMIT_S:g} s", ok=r["commit_seconds"] < TARGET_COMMIT_S, conditions=cond))
+        out.append(row(SUITE, f"{r['where']} {r['shards']} shards: open + first window seconds",
+                       r["open_first_window_seconds"], unit="s", conditions=cond))
+        if r["where"] == "s3":
+            out.append(row(SUITE, f"s3 {r['shards']} shards: open + first window requests", r["open_requests"],
+                           unit="requests", target=f"<= {TARGET_OPEN_REQUESTS}",
+                           ok=r["open_requests"] <= TARGET_OPEN_REQUESTS, conditions=cond))
+    return out
+
+
+# -- main --------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    isolate_caches(workdir)
+    local_only_network()
+    os.environ["ZARRTOK_CACHE_DIR"] = os.path.join(workdir, "zcache")
+    t_start = time.perf_counter()
+    before = load_average()
+    base, tok_dir, corpus = make_corpus(os.path.join(workdir, "base"), args.base_tokens)
+    print(f"base corpus: {corpus['documents']:,} documents, {corpus['jsonl_bytes'] / 1e6:.1f} MB "
+          f"({corpus['seconds']:.1f}s); load {before}", flush=True)
+    report: dict[str, Any] = {"benchmark": SUITE, "command": " ".join(["python", "-m", f"benchmarks.{SUITE}",
+                                                                       *sys.argv[1:]]),
+                              "base_corpus": corpus}
+    if not args.skip_build:
+        report["build"] = build_section(args, workdir, base, tok_dir)
+    else:
+        report["build"] = {"sizes_mb": [], "runs": []}
+    report["shards"] = shards_section(args, workdir, base, tok_dir)
+    report["projection"] = projection(report) if report["build"]["runs"] else {}
+    machine = machine_info()
+    machine["load_average_before"] = before
+    report["machine"] = machine
+    report["total_seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smoke sizes (2 MB + 8 MB; 10 / 100 shards)")
+    size.add_argument("--full", action="store_true", help="250 MB + 1 GB; 10 / 100 / 1,000 shards (the default)")
+    p.add_argument("--base-tokens", type=int, default=None, help="tokens of the base JSONL the corpora repeat")
+    p.add_argument("--shard-tokens", type=int, default=None, help="shard_size of the throughput builds")
+    p.add_argument("--shard-docs", type=int, default=None, help="documents of the many-shard corpus")
+    p.add_argument("--all-contenders-every-size", action="store_true",
+                   help="run every contender at every size (default: only the 2-worker pool and Dask past the first)")
+    p.add_argument("--skip-build", action="store_true", help="only the many-shard section")
+    p.add_argument("--direct-s3-shards", type=int, default=100,
+                   help="S3 stores of more shards are written locally by the tasks and uploaded (moto is slow)")
+    p.add_argument("--json", default=DEFAULT_JSON)
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+    args.base_tokens = args.base_tokens or (300_000 if args.quick else 5_000_000)
+    args.shard_tokens = args.shard_tokens or (50_000 if args.quick else 4_000_000)
+    args.shard_docs = args.shard_docs or (1_000 if args.quick else 6_000)
+    report = run_in_workdir(run, args, "zarrtok-bench-build-scale-")
+    report["rows"] = rows(report)
+    print(json.dumps(report["projection"], indent=1))
+    from benchmarks.common import print_rows
+
+    print_rows(report["rows"])
+    write_report(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
