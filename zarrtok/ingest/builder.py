@@ -293,12 +293,16 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
               "base": base.generation if base is not None else None}
     key = _plan.plan_key(fingerprint, location.url, layout)
     replace = overwrite is not False
-    adopted = _plan.adopt_staging(location, key, replace) if base is None else None
+    adopted = None  # the staging of this very build, killed before its commit: resumed
+    if base is None:
+        adopted = _plan.adopt_staging(location, key, replace) if location.is_local else _plan.adopt_remote(location, key)
     prepared = _Prepared(location, num_workers=int(num_workers), start_method=a["start_method"],
                          progress=bool(a["progress"]), fingerprint=fingerprint, documents=documents)
     if base is not None:
         return _prepare_append(prepared, a, base, tok, key, fingerprint, identity, origin)
-    if base is None:
+    if adopted is not None and not location.is_local:
+        existing = adopted.existing  # our own crashed build (checked under the lock): resumed, not cleared
+    else:
         try:
             reused, existing = _reuse_or_clear(location, fingerprint, overwrite)
         except BaseException:
@@ -310,8 +314,6 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
                 discard_staging(adopted)
             prepared.reused = reused
             return prepared
-    else:
-        existing = None
 
     config = {
         "dataset": dataset_name if isinstance(dataset_name, str) else type(dataset_name).__name__,
@@ -354,6 +356,8 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
                                             adopted, location.storage_options)
         except BaseException:
             _plan.release_writer(adopted)
+            if adopted.lock is not None:
+                adopted.lock.release()
             raise
         prepared.staging = adopted
         return prepared

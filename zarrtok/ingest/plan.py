@@ -285,6 +285,45 @@ def adopt_staging(target: Location, key: str, replace: bool):
     return None
 
 
+def adopt_remote(target: Location, key: str):
+    """The object-store counterpart of :func:`adopt_staging`: the build area of this plan next to
+    ``target`` whose build died before its commit, with the store's lock taken (a dead writer's lock
+    on this host is taken over; another host's only after
+    :data:`~zarrtok.storage.commit.STALE_SECONDS`): a
+    :class:`~zarrtok.storage.commit.Staging` writing in place, or ``None``. A plan whose store was
+    changed since by another writer can never commit: its area is removed."""
+    from ..storage import commit
+
+    if target.is_local:
+        return None
+    area = build_area(target, target.url, key, target.storage_options)
+    try:
+        data = json.loads(get_object(area, PLAN_FILE))
+    except (FileNotFoundError, ValueError):
+        return None
+    if data.get("mode") == "append" or data.get("key") != key:
+        return None
+    lock = commit.RemoteLock(target).acquire()
+    try:
+        existing = commit.inspect(target)
+        ours = data["manifest"]["generation"]
+        beside = bool(data.get("suffix"))
+        if not ((existing.kind == commit.INCOMPLETE and existing.generation == ours)
+                or (beside and existing.kind == commit.COMPLETE)):
+            logger.warning("the unfinished build %s into %s cannot be resumed (the store changed since): "
+                           "removing its build area", key, target.url)
+            remove_area(area)
+            lock.release()
+            return None
+    except BaseException:
+        lock.release()
+        raise
+    logger.info("resuming the build %s into %s", key, target.url)
+    return commit.Staging(target.url, target.storage_options, target=target, replace=bool(data.get("replace")),
+                          suffix=data.get("suffix", ""), lock=lock, owns=True, existing=existing,
+                          token=lock.token[:12])
+
+
 def release_writer(staging: Any) -> None:
     """Mark a local staging directory as resumable by anyone: its writer record says no pid (kept for
     :data:`~zarrtok.storage.commit.STALE_SECONDS`, then swept like any orphan)."""
