@@ -381,6 +381,7 @@ def _prepare(a: dict[str, Any]) -> _Prepared:
             root.create_group(f"{SPLITS_GROUP}/{split}/shards")
         prepared.plan = BuildPlan(data, staging, dict(location.storage_options))
         _plan.save_plan(prepared.plan)
+        _plan.sweep_dead_areas(location, keep=key)  # object stores: areas of builds that can never commit now
     except BaseException as exc:
         _discard(staging)
         if isinstance(exc, CommitConflictError):

@@ -324,6 +324,43 @@ def adopt_remote(target: Location, key: str):
                           token=lock.token[:12])
 
 
+def sweep_dead_areas(target: Location, keep: str | None = None) -> list[str]:
+    """Remove the build areas next to an object-store ``target`` whose plan can never commit: the
+    store's root is no longer that build's own ``building`` root (another build replaced or cleared
+    it), and the plan did not write beside a complete store. Their shards were cleared or are swept
+    by the next commit; appends are swept by :func:`zarrtok.ingest.appending.sweep_stale`. Returns
+    the keys removed."""
+    from ..storage import commit
+
+    if target.is_local:
+        return []  # local areas live inside staging directories: commit.sweep_orphans removes those
+    areas = [(k, a) for k, a in sibling_areas(target) if k != keep]
+    if not areas:
+        return []
+    try:
+        existing = commit.inspect(target)
+    except commit.ForeignDataError:
+        return []
+    removed = []
+    for key, area in areas:
+        try:
+            data = json.loads(get_object(area, PLAN_FILE))
+        except FileNotFoundError:
+            data = {}
+        except ValueError:
+            data = {}
+        if data.get("mode") == "append":
+            continue
+        ours = (data.get("manifest") or {}).get("generation")
+        if (existing.kind == commit.INCOMPLETE and existing.generation == ours) or \
+                (data.get("suffix") and existing.kind == commit.COMPLETE):
+            continue  # resumable (or running)
+        logger.info("removing the build area %s of a build into %s that can no longer commit", area.url, target.url)
+        remove_area(area)
+        removed.append(key)
+    return removed
+
+
 def release_writer(staging: Any) -> None:
     """Mark a local staging directory as resumable by anyone: its writer record says no pid (kept for
     :data:`~zarrtok.storage.commit.STALE_SECONDS`, then swept like any orphan)."""
