@@ -145,23 +145,41 @@ class WorkerRSS:
         return self.peaks
 
 
+def threads_io(exclude: set[int]) -> dict[int, int]:
+    """rchar + wchar of each live thread of this process (``/proc/self/task/<tid>/io``), but those in
+    ``exclude``. Unlike ``/proc/self/io`` it leaves out reaped children (the kernel adds a waited-for
+    child's I/O to its parent's totals: a pool's workers would count as the driver's)."""
+    out = {}
+    for name in os.listdir("/proc/self/task"):
+        tid = int(name)
+        if tid in exclude:
+            continue
+        try:
+            out[tid] = proc_io(f"/proc/self/task/{tid}/io")
+        except (OSError, KeyError, ValueError):
+            pass
+    return out
+
+
 class DriverTraffic:
-    """Wraps ``builder.run_plan``: the driver's syscall I/O bytes during the task phase (less the
-    samplers' own /proc reads) and the pickled size of what the tasks returned."""
+    """Wraps ``builder.run_plan``: the bytes the driver's threads read and wrote through syscalls
+    during the task phase (files, pipes, sockets; the memory samplers' /proc reads left out), the
+    process-level figure (which also holds the reaped pool workers' I/O) and the pickled size of
+    what the tasks returned."""
 
     def __init__(self, samplers: Sequence[WorkerRSS]):
         from zarrtok.ingest import builder
 
         self.builder, self.real = builder, builder.run_plan
-        self.io_bytes = self.result_bytes = self.records = 0
-
-        def own() -> int:
-            return proc_io() - sum(s.io() for s in samplers)
+        self.io_bytes = self.process_io_bytes = self.result_bytes = self.records = 0
+        skip = {s.tid for s in samplers}
 
         def wrapped(plan, pending, **kw):
-            before = own()
+            before, process_before = threads_io(skip), proc_io() - sum(s.io() for s in samplers)
             out = self.real(plan, pending, **kw)
-            self.io_bytes += own() - before
+            after = threads_io(skip)
+            self.process_io_bytes += proc_io() - sum(s.io() for s in samplers) - process_before
+            self.io_bytes += sum(v - before.get(tid, 0) for tid, v in after.items())
             self.result_bytes += len(pickle.dumps(out))
             self.records += len(out)
             return out
@@ -220,6 +238,7 @@ def build_once(kind: str, workers: int, data: str, tok_dir: str, out: str, shard
            "worker_idle_rss_mb": {str(p): v / 1e6 for p, v in idle.items()},
            "worker_processes_seen": len(peaks), "driver_peak_rss_mb": max(dpeak.values(), default=0) / 1e6,
            "driver_io_bytes_task_phase": traffic.io_bytes, "task_result_bytes": traffic.result_bytes,
+           "driver_process_io_bytes_with_reaped_children": traffic.process_io_bytes,
            "token_bytes": token_bytes, "driver_io_over_token_bytes": traffic.io_bytes / token_bytes,
            "task_results_over_token_bytes": traffic.result_bytes / token_bytes}
     if kind == "dask":
@@ -244,7 +263,7 @@ def start_cluster(workers: int):
 def _warm_worker() -> None:
     import zarr  # noqa: F401
 
-    from zarrtok.ingest import gigatoken_encoding, plan, writer  # noqa: F401
+    from zarrtok.ingest import builder, gigatoken_encoding, plan, writer  # noqa: F401  (run_task imports builder)
 
 
 def build_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any]:
@@ -508,11 +527,12 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         for kind in ("pool", "dask"):
             a, z = get(small, kind, max(WORKERS)), get(big, kind, max(WORKERS))
             if a and z:
-                flat = z["peak_rss_per_worker_mb"] / a["peak_rss_per_worker_mb"]
-                out.append(row(SUITE, f"{kind} {max(WORKERS)}w: peak RSS per worker {big} MB / {small} MB (flat)",
-                               flat, reference=f"{small} MB", target=f"<= {TARGET_FLAT}x", ok=flat <= TARGET_FLAT,
-                               conditions=conditions(report, peak_mb=[a["peak_rss_per_worker_mb"],
-                                                                      z["peak_rss_per_worker_mb"]])))
+                for mem in ("rss", "uss"):
+                    k = f"peak_{mem}_per_worker_mb"
+                    flat = z[k] / a[k]
+                    out.append(row(SUITE, f"{kind} {max(WORKERS)}w: peak {mem.upper()} per worker {big} MB / {small} MB "
+                                   "(flat)", flat, reference=f"{small} MB", target=f"<= {TARGET_FLAT}x",
+                                   ok=flat <= TARGET_FLAT, conditions=conditions(report, peak_mb=[a[k], z[k]])))
     for r in b["runs"]:
         if r["size_mb"] != sizes[-1] or r["workers"] != max(WORKERS) and r["kind"] != "inprocess":
             continue
@@ -522,6 +542,11 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                        target=None if ok is None else f"<= {TARGET_DRIVER_BYTES}x", ok=ok,
                        conditions=conditions(report, driver_io_bytes=r["driver_io_bytes_task_phase"],
                                              task_result_bytes=r["task_result_bytes"], token_bytes=r["token_bytes"])))
+        if r["kind"] != "inprocess":
+            out.append(row(SUITE, f"{r['size_mb']} MB {r['kind']} {r['workers']}w: task results / token bytes",
+                           r["task_results_over_token_bytes"], reference="token bytes",
+                           conditions=conditions(report, task_result_bytes=r["task_result_bytes"],
+                                                 records=r["shards"])))
     for r in report["shards"]["runs"]:
         cond = conditions(report, shards=r["shards"], where=r["where"], load_average=r["load_average"])
         out.append(row(SUITE, f"{r['where']} {r['shards']} shards: commit seconds", r["commit_seconds"], unit="s",
