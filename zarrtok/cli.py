@@ -146,6 +146,10 @@ def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
     print(f"tokenizer    {tok.get('class')} {tok.get('name_or_path')!r}  len={tok.get('len')}  "
           f"eos={tok.get('eos_token')!r}({info['eos_token_id']})  sha256={str(tok.get('sha256'))[:12]}")
     print(f"encoder      {info['encoder']}")
+    if len(info.get("history") or []) > 1:
+        steps = ", ".join(f"{h['action']} {h.get('created') or ''} (+{h.get('documents') or 0:,} docs)"
+                          for h in info["history"])
+        print(f"history      {steps}")
     print(f"{'split':<12} {'tokens':>14} {'documents':>11} {'shards':>6} {'chunks':>7} {'bytes':>14} {'stored':>14}")
     for name, s in info["splits"].items():
         print(f"{name:<12} {s['tokens']:>14,} {s['documents']:>11,} {s['shards']:>6} {s['chunks']:>7} "

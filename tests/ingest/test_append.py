@@ -173,6 +173,10 @@ def test_cli_task_array_append(tmp_path, parts, tokenizer_dir, tokenizer, capsys
         assert main(["build-task", url, "--task", str(k)]) == 0
     assert main(["commit", url, "--json"]) == 0
     _check(zarrtok.open(url), tokenizer, cuts[0] + cuts[1])
+    capsys.readouterr()
+    assert main(["info", url]) == 0
+    out = capsys.readouterr().out
+    assert "history" in out and f"append" in out and f"+{len(cuts[1]):,} docs" in out
 
 
 def _append_in_process(url, path, barrier):

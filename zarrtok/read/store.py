@@ -15,6 +15,7 @@ import zarr
 
 from ..errors import IncompleteStoreError, StoreNotFoundError
 from ..format import (
+    CRC32C_BYTES,
     DOC_ENDS_CHUNK,
     DOC_ENDS_DTYPE,
     TOKENIZER_GROUP,
@@ -386,12 +387,16 @@ class TokenStore(AnalysisMixin):
             chunks = 0
             stored = 0
             for shard in info.shards:
-                meta = self._array_metadata(tokens_path(split, shard.name))
-                layout = raw_chunk_layout(meta)
-                chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+                if shard.chunk_size:  # format 2: the manifest says it all (no request per shard)
+                    chunk = int(shard.chunk_size)
+                    trailer = CRC32C_BYTES if shard.checksum else 0
+                else:
+                    meta = self._array_metadata(tokens_path(split, shard.name))
+                    layout = raw_chunk_layout(meta)
+                    chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+                    trailer = layout.trailer_bytes if layout else 0
                 n = -(-shard.num_tokens // chunk) if shard.num_tokens else 0
                 chunks += n
-                trailer = layout.trailer_bytes if layout else 0
                 stored += n * (chunk * self.dtype.itemsize + trailer)
             splits[split] = {
                 "tokens": info.num_tokens,
@@ -416,5 +421,8 @@ class TokenStore(AnalysisMixin):
             "config": m.config,
             "created": m.created,
             "zarrtok_version": m.zarrtok_version,
+            "generation": m.generation,
+            "history": [{k: h.get(k) for k in ("action", "created", "documents", "shards", "generation")}
+                        for h in m.history],
         }
 
