@@ -76,6 +76,8 @@ def test_append_twice_then_duplicate_is_a_no_op(tmp_path, parts, tokenizer_dir, 
     _check(s2, tokenizer, cuts[0] + cuts[1] + cuts[2])
     same = zarrtok.append(s2, "json", data_files=files[1], **KW)  # already in the store: nothing to do
     assert same.manifest.generation == s2.manifest.generation
+    rerun = _base(tmp_path, files, tokenizer_dir)  # the script's build step, rerun: this build + appends
+    assert rerun.manifest.generation == s2.manifest.generation
     again = zarrtok.append(s2, "json", data_files=files[0], allow_duplicate=True, **KW)  # the base's own source
     _check(again, tokenizer, cuts[0] + cuts[1] + cuts[2] + cuts[0])
     assert len(again.manifest.history) == 4

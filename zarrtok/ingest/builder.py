@@ -723,6 +723,13 @@ def _reuse_or_clear(location: Location, fingerprint: str,
     if existing.manifest.fingerprint == fingerprint and overwrite is not True:
         logger.info("reusing %s: fingerprint %s matches, nothing to encode", location.url, fingerprint[:12])
         return TokenStore(location, existing.manifest), existing
+    history = existing.manifest.history
+    if overwrite is not True and history and history[0].get("action") == "build" \
+            and history[0].get("fingerprint") == fingerprint:
+        # this very build, since grown by appends: a rerun of a "build, then append" script reuses it
+        logger.info("reusing %s: it is this build (fingerprint %s) plus %d append(s)", location.url,
+                    fingerprint[:12], len(history) - 1)
+        return TokenStore(location, existing.manifest), existing
     if overwrite is False:
         raise StoreExistsError(
             f"{location.url} holds a store with fingerprint {existing.manifest.fingerprint[:12]}, this build's is "
