@@ -197,19 +197,19 @@ def build_once(kind: str, workers: int, data: str, tok_dir: str, out: str, shard
     import zarrtok
 
     shutil.rmtree(out, ignore_errors=True)
-    kw: dict[str, Any] = dict(data_files=[data], tokenizer_name=tok_dir, output=out, validation_split=0.0,
-                              progress=False, shard_size=shard_tokens)
+    kw: dict[str, Any] = {"data_files": [data], "tokenizer_name": tok_dir, "output": out, "validation_split": 0.0,
+                          "progress": False, "shard_size": shard_tokens}
     me = psutil.Process()
     if kind == "inprocess":
         kw["executor"], pids = "inprocess", lambda: [me.pid]
     elif kind == "pool":
         kw.update(executor="pool", num_workers=workers)
         others = {c.pid for c in me.children(recursive=True)}  # e.g. a closed cluster's processes still exiting
-        pids = lambda: [c.pid for c in me.children() if c.pid not in others]  # noqa: E731  (the pool's workers)
+        pids = lambda: [c.pid for c in me.children() if c.pid not in others]  # the pool's workers
     else:
         kw["executor"] = client
         worker_pids = sorted(client.run(os.getpid).values())
-        pids = lambda: worker_pids  # noqa: E731
+        pids = lambda: worker_pids
     idle = {}
     for pid in pids():
         try:
@@ -249,6 +249,23 @@ def build_once(kind: str, workers: int, data: str, tok_dir: str, out: str, shard
     return res
 
 
+def plan_seconds(data: str, tok_dir: str, workdir: str, shard_tokens: int) -> float:
+    """Seconds of ``zarrtok.plan_build`` (the driver's serial part: the JSON Lines block scan reads
+    every byte once, the encoder verification, the shard cut, the plan's write); the staging it
+    leaves is removed."""
+    import zarrtok
+
+    probe = os.path.join(workdir, "plan-probe")
+    shutil.rmtree(probe, ignore_errors=True)
+    os.makedirs(probe)
+    t0 = time.perf_counter()
+    zarrtok.plan_build("json", data_files=[data], tokenizer_name=tok_dir, output=os.path.join(probe, "s"),
+                       validation_split=0.0, progress=False, shard_size=shard_tokens)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(probe, ignore_errors=True)
+    return seconds
+
+
 def start_cluster(workers: int):
     from distributed import Client, LocalCluster
 
@@ -277,6 +294,12 @@ def build_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any]
         with open(data, "rb") as f:  # warm the page cache: every contender reads it warm
             while f.read(1 << 24):
                 pass
+        out.setdefault("plan_seconds", {})[str(size)] = plan_seconds(data, tok_dir, workdir, args.shard_tokens)
+        print(f"{size:>5} MB: plan_build {out['plan_seconds'][str(size)]:.2f}s "
+              f"({info['bytes'] / 1e6 / out['plan_seconds'][str(size)]:.0f} MB/s of JSONL)", flush=True)
+        if args.plan_time_only:
+            os.unlink(data)
+            continue
         combos = [(k, w) for w in WORKERS for k in ("inprocess", "pool", "dask") if not (k == "inprocess" and w > 1)]
         if size != sizes[0] and not args.all_contenders_every_size:
             combos = [(k, w) for k, w in combos if w == max(WORKERS) and k != "inprocess"]  # memory at the big size
@@ -288,19 +311,15 @@ def build_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any]
                 cluster, client, startup = start_cluster(w)
                 out.setdefault("dask_startup_seconds", {})[f"{size}/{w}"] = startup
             try:
-                for kind, ww in combos:
-                    if ww != w:
-                        continue
-                    r = build_once(kind, w, data, tok_dir, os.path.join(workdir, "out"), args.shard_tokens, client)
-                    r.update(size_mb=size, load_average=load_average())
-                    out["runs"].append(r)
-                    print(f"{size:>5} MB {kind:<9} {w}w: {r['tokens']:>12,} tokens, {r['shards']:>3} shards, "
-                          f"{r['seconds']:7.1f}s = {r['tokens_per_second'] / 1e6:5.2f}M tok/s; peak RSS/worker "
-                          f"{r['peak_rss_per_worker_mb']:6.0f} MB (USS {r['peak_uss_per_worker_mb']:.0f} MB, "
-                          f"{r['worker_processes_seen']} procs); driver I/O "
-                          f"{r['driver_io_bytes_task_phase'] / 1e6:8.2f} MB, task results "
-                          f"{r['task_result_bytes'] / 1e3:6.1f} kB vs {r['token_bytes'] / 1e6:.0f} MB of tokens; "
-                          f"load {r['load_average'][0]:.2f}", flush=True)
+                kinds = [k for k, ww in combos if ww == w]
+                for rnd in range(args.rounds):
+                    for kind in kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]:
+                        # a fresh output per round: another plan key, so that no worker reuses a cached plan
+                        r = build_once(kind, w, data, tok_dir, os.path.join(workdir, f"out-{rnd}"), args.shard_tokens,
+                                       client)
+                        r.update(size_mb=size, round=rnd, load_average=load_average())
+                        out["runs"].append(r)
+                        report_run(r)
             finally:
                 if client is not None:
                     client.close()
@@ -308,6 +327,17 @@ def build_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any]
         os.unlink(data)
     out["load_average_after"] = load_average()
     return out
+
+
+def report_run(r: dict[str, Any]) -> None:
+    size, kind, w = r["size_mb"], r["kind"], r["workers"]
+    print(f"{size:>5} MB {kind:<9} {w}w r{r['round']}: {r['tokens']:>12,} tokens, {r['shards']:>3} shards, "
+          f"{r['seconds']:7.1f}s = {r['tokens_per_second'] / 1e6:5.2f}M tok/s; peak RSS/worker "
+          f"{r['peak_rss_per_worker_mb']:6.0f} MB (USS {r['peak_uss_per_worker_mb']:.0f} MB, "
+          f"{r['worker_processes_seen']} procs); driver I/O "
+          f"{r['driver_io_bytes_task_phase'] / 1e6:8.2f} MB, task results "
+          f"{r['task_result_bytes'] / 1e3:6.1f} kB vs {r['token_bytes'] / 1e6:.0f} MB of tokens; "
+          f"load {r['load_average'][0]:.2f}", flush=True)
 
 
 # -- many shards: commit and open ----------------------------------------------------------------------
@@ -339,8 +369,8 @@ def shards_section(args, workdir: str, base: str, tok_dir: str) -> dict[str, Any
             if i >= args.shard_docs:
                 break
             g.write(line)
-    common_kw = dict(data_files=[data], tokenizer_name=tok_dir, validation_split=0.0, progress=False,
-                     batch_size=64)
+    common_kw = {"data_files": [data], "tokenizer_name": tok_dir, "validation_split": 0.0, "progress": False,
+                 "batch_size": 64}
     one = zarrtok.build("json", output=os.path.join(workdir, "shards-one"), **common_kw)
     total = one.num_tokens("train")
     shutil.rmtree(os.path.join(workdir, "shards-one"), ignore_errors=True)
@@ -470,14 +500,24 @@ def projection(report: dict[str, Any], cores_per_machine: int = 32) -> dict[str,
     rate (the Dask 1-worker build of the first size), and the limits beside it."""
     runs = report["build"]["runs"]
     first = report["build"]["sizes_mb"][0]
-    per_worker = next((r["tokens_per_second"] for r in runs if r["kind"] == "dask" and r["workers"] == 1
-                       and r["size_mb"] == first), None)
+    one = aggregate([r for r in runs if r["kind"] == "dask" and r["workers"] == 1 and r["size_mb"] == first])
+    per_worker = one["tokens_per_second"] if one else None
     shard_runs = [r for r in report["shards"]["runs"] if r["where"] == "s3"]
     big = max(shard_runs, key=lambda r: r["shards"]) if shard_runs else None
     direct = [r for r in shard_runs if r["tasks_mode"] == "direct"]
     big_direct = max(direct, key=lambda r: r["shards"]) if direct else None
     out: dict[str, Any] = {"tokens": 1e12, "cores_per_machine": cores_per_machine,
                            "per_worker_tokens_per_second": per_worker, "machines": {}}
+    sizes = report["build"]["sizes_mb"]
+    plan = report["build"].get("plan_seconds") or {}
+    if plan and runs:
+        big = str(sizes[-1])
+        corpus_bytes = report["build"]["corpora"][big]["bytes"]
+        tokens = next((r["tokens"] for r in runs if str(r["size_mb"]) == big), None)
+        if tokens:
+            out["bytes_per_token"] = corpus_bytes / tokens
+            out["plan_bytes_per_second"] = corpus_bytes / plan[big]
+            out["plan_hours_at_1T"] = 1e12 * out["bytes_per_token"] / out["plan_bytes_per_second"] / 3600
     if per_worker is None:
         return out
     for n in (1, 8, 64, 512):
@@ -496,18 +536,38 @@ def projection(report: dict[str, Any], cores_per_machine: int = 32) -> dict[str,
 
 
 # -- rows --------------------------------------------------------------------------------------------------
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The rounds of one contender: median tokens/s, the largest memory peaks and driver bytes."""
+    import statistics
+
+    if not runs:
+        return None
+    out = dict(runs[0])
+    out["rounds"] = [r["tokens_per_second"] for r in runs]
+    out["tokens_per_second"] = statistics.median(out["rounds"])
+    out["load_average"] = [r["load_average"] for r in runs]
+    for k in ("peak_rss_per_worker_mb", "peak_uss_per_worker_mb", "driver_io_over_token_bytes",
+              "task_results_over_token_bytes", "driver_io_bytes_task_phase", "task_result_bytes"):
+        out[k] = max(r[k] for r in runs)
+    return out
+
+
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     b = report["build"]
     sizes = b["sizes_mb"]
 
-    def get(size, kind, w):
-        return next((r for r in b["runs"] if r["size_mb"] == size and r["kind"] == kind and r["workers"] == w), None)
+    combos = sorted({(r["size_mb"], r["kind"], r["workers"]) for r in b["runs"]})
 
-    for r in b["runs"]:
-        out.append(row(SUITE, f"{r['size_mb']} MB {r['kind']} {r['workers']}w: build tokens/s", r["tokens_per_second"],
-                       unit="tokens/s", conditions=conditions(report, size_mb=r["size_mb"], load_average=r["load_average"],
-                                                              shards=r["shards"], encoder=r["encoder"])))
+    def get(size, kind, w):
+        return aggregate([r for r in b["runs"] if r["size_mb"] == size and r["kind"] == kind and r["workers"] == w])
+
+    for size, kind, w in combos:
+        r = get(size, kind, w)
+        out.append(row(SUITE, f"{size} MB {kind} {w}w: build tokens/s (median of {len(r['rounds'])})",
+                       r["tokens_per_second"], unit="tokens/s",
+                       conditions=conditions(report, size_mb=size, load_average=r["load_average"], shards=r["shards"],
+                                             encoder=r["encoder"], rounds=r["rounds"])))
     for size in sizes:
         for w in WORKERS:
             d, p = get(size, "dask", w), get(size, "pool", w)
@@ -533,8 +593,9 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                     out.append(row(SUITE, f"{kind} {max(WORKERS)}w: peak {mem.upper()} per worker {big} MB / {small} MB "
                                    "(flat)", flat, reference=f"{small} MB", target=f"<= {TARGET_FLAT}x",
                                    ok=flat <= TARGET_FLAT, conditions=conditions(report, peak_mb=[a[k], z[k]])))
-    for r in b["runs"]:
-        if r["size_mb"] != sizes[-1] or r["workers"] != max(WORKERS) and r["kind"] != "inprocess":
+    for size, kind, w in combos:
+        r = get(size, kind, w)
+        if size != sizes[-1] and kind != "inprocess" or w != max(WORKERS) and kind != "inprocess":
             continue
         ok = None if r["kind"] == "inprocess" else r["driver_io_over_token_bytes"] <= TARGET_DRIVER_BYTES
         out.append(row(SUITE, f"{r['size_mb']} MB {r['kind']} {r['workers']}w: driver I/O in task phase / token bytes",
@@ -547,6 +608,9 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                            r["task_results_over_token_bytes"], reference="token bytes",
                            conditions=conditions(report, task_result_bytes=r["task_result_bytes"],
                                                  records=r["shards"])))
+    for size, sec in (b.get("plan_seconds") or {}).items():
+        out.append(row(SUITE, f"{size} MB: plan_build seconds (driver, serial)", sec, unit="s",
+                       conditions=conditions(report, size_mb=int(size))))
     for r in report["shards"]["runs"]:
         cond = conditions(report, shards=r["shards"], where=r["where"], load_average=r["load_average"])
         out.append(row(SUITE, f"{r['where']} {r['shards']} shards: commit seconds", r["commit_seconds"], unit="s",
@@ -577,7 +641,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         report["build"] = build_section(args, workdir, base, tok_dir)
     else:
         report["build"] = {"sizes_mb": [], "runs": []}
-    report["shards"] = shards_section(args, workdir, base, tok_dir)
+    report["shards"] = {"runs": []} if args.skip_shards else shards_section(args, workdir, base, tok_dir)
     report["projection"] = projection(report) if report["build"]["runs"] else {}
     machine = machine_info()
     machine["load_average_before"] = before
@@ -597,11 +661,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--all-contenders-every-size", action="store_true",
                    help="run every contender at every size (default: only the 2-worker pool and Dask past the first)")
     p.add_argument("--skip-build", action="store_true", help="only the many-shard section")
+    p.add_argument("--plan-time-only", action="store_true", help="only plan_build's time at each size (no builds)")
+    p.add_argument("--skip-shards", action="store_true", help="no many-shard section")
     p.add_argument("--direct-s3-shards", type=int, default=100,
                    help="S3 stores of more shards are written locally by the tasks and uploaded (moto is slow)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of every build (default: 1 quick, 3 full)")
     p.add_argument("--json", default=DEFAULT_JSON)
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     args.base_tokens = args.base_tokens or (300_000 if args.quick else 5_000_000)
     args.shard_tokens = args.shard_tokens or (50_000 if args.quick else 4_000_000)
     args.shard_docs = args.shard_docs or (1_000 if args.quick else 6_000)

@@ -45,13 +45,13 @@ def _killed_remote_build(s3, files, tokenizer_dir):
     bucket = s3.make_bucket(f"resume-{uuid.uuid4().hex[:10]}")
     url = f"s3://{bucket}/store"
     code = KILLED.format(files=files, tok=tokenizer_dir, out=url, so=s3.storage_options, kw=KW)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     return bucket, url
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, raises=StoreExistsError, reason=(
+@pytest.mark.xfail(False, strict=True, raises=StoreExistsError, reason=(
     "remote resume is not implemented: builder._prepare only adopts a *local* staging directory "
     "(plan.adopt_staging returns None for object stores); the rerun's _reuse_or_clear inspects the "
     "'building' root, calls it an unusable store and raises StoreExistsError (with overwrite=True it "

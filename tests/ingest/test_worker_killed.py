@@ -73,7 +73,7 @@ def test_pool_worker_killed_twice_fails_naming_the_task(setup, tmp_path, tokeniz
 def test_pool_worker_killed_while_encoding_units(setup, tmp_path, tokenizer_dir, monkeypatch):
     """Fewer tasks than workers: the driver writes the shard, the workers encode its units
     (``_run_units_on_pool``); a worker killed mid-unit has that unit encoded again."""
-    root, files, _ = setup
+    _, files, _ = setup
     one = build(files, tokenizer_dir, tmp_path / "one", shard_size=None)
     marker = tmp_path / "killed-once"
     _kill_self_on(monkeypatch, "encode_unit", marker, when=lambda a: a[1]["start"] > 0)
@@ -127,7 +127,8 @@ def test_dask_worker_killed_mid_task(setup, tmp_path, tokenizer_dir):
             while time.monotonic() < deadline and not os.path.exists(marker):
                 time.sleep(0.05)
             if os.path.exists(marker):
-                pid = int(open(marker).read())
+                with open(marker) as f:
+                    pid = int(f.read())
                 assert pid in pids
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid

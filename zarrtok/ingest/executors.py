@@ -147,7 +147,7 @@ def _pool_worker_main(conn, initializer: Callable | None, parent: int) -> None:
             result, ok = exc, False
         try:
             conn.send((job, ok, result))
-        except Exception as exc:  # an unpicklable result or exception
+        except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
             conn.send((job, False, RuntimeError(f"{type(result).__name__}: {result!r} (could not be sent: {exc})")))
 
 
@@ -190,7 +190,7 @@ class _WatchedPool:
         self.workers.append(worker)
         return worker
 
-    def start(self) -> "_WatchedPool":
+    def start(self) -> _WatchedPool:
         while len(self.workers) < self.size:
             self._spawn()
         return self
