@@ -243,3 +243,23 @@ def test_changed_object_changes_the_fingerprint_and_plans_hold_no_credentials(s3
     again = plan_build("json", data_files=url, tokenizer_name=tokenizer_dir, output=str(tmp_path / "t"),
                        load_dataset_kwargs=kwargs, **KW)
     assert again.fingerprint != before
+
+
+@pytest.mark.slow
+def test_dask_cluster_reads_the_bucket_itself(s3, files, bucket, tokenizer_dir, tmp_path):
+    """Dask workers (spawned processes: no driver state) open s3://.../*.jsonl.gz and the Parquet
+    files themselves, with the plan's credential-free options and the environment's credentials."""
+    distributed = pytest.importorskip("distributed")
+    opts = s3.storage_options
+    cases = [("json", f"s3://{bucket}/data/*.jsonl.gz", str(files / "*.jsonl.gz")),
+             ("parquet", f"s3://{bucket}/data/p*.parquet", str(files / "p*.parquet"))]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        for kind, remote, local in cases:
+            ref = zarrtok.build(kind, data_files=local, tokenizer_name=tokenizer_dir, output=tmp_path / f"{kind}-ref",
+                                **KW)
+            store = zarrtok.build(kind, data_files=remote, tokenizer_name=tokenizer_dir,
+                                  output=tmp_path / f"{kind}-dask", load_dataset_kwargs={"storage_options": opts},
+                                  executor=client, **KW)
+            assert len(store.manifest.splits["train"].shards) > 1
+            _assert_same_tokens(store, ref)
