@@ -6,6 +6,10 @@ of writers (processes, Dask tasks) can fill different shards of a store at the s
 
 from __future__ import annotations
 
+import os
+import sys
+
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
@@ -19,6 +23,7 @@ from ..format import (
     DOC_ENDS_DTYPE,
     TOKENS_ARRAY,
     block_crcs,
+    raw_chunk_layout,
 )
 
 
@@ -56,6 +61,8 @@ class ArrayAppender:
         #: record the CRC-32C of every ``block_bytes`` block of every chunk as stored (verified ranged reads)
         self.block_bytes = block_bytes
         self.block_crcs: list[np.ndarray] = []
+        #: (array directory, raw layout) when chunks are written as files directly (see _write_chunks)
+        self._direct: tuple[str, object] | None = None
 
     def _create(self, chunk: int) -> zarr.Array:
         return self.group.create_array(
@@ -99,15 +106,41 @@ class ArrayAppender:
             return
         if self._array is None:
             self._array = self._create(self.chunk_size)
+            self._direct = _direct_chunk_files(self.group, self._array)
         start = self._written
-        self._array.resize((start + n,))
-        self._array[start : start + n] = buf[:n]
+        if self._direct is not None:
+            # the array's shape is set once, by close() (a resize rewrites zarr.json through Zarr's event
+            # loop: ~5 ms each, 0.35 s per GB of tokens); nothing reads a shard before its task finishes
+            self._write_chunks(start, buf[:n])
+        else:
+            self._array.resize((start + n,))
+            self._array[start : start + n] = buf[:n]
         if self.block_bytes:
             self._record_blocks(buf[:n])
         self._written += n
         rest = buf[n:]
         self._pending = [rest] if rest.size else []
         self._pending_len = rest.size
+
+    def _write_chunks(self, start: int, data: np.ndarray) -> None:
+        """Write whole chunks as the files Zarr would write (the raw little-endian items, the last
+        chunk padded with the fill value, then the CRC-32C when the array has one), straight from
+        ``data``: no copy into Zarr's chunk buffer and no second one into its encoded bytes
+        (measured, 240M uint16 tokens on the 2-core machine: 1.1 s through ``array[a:b] = data``,
+        ~0.4 s this way)."""
+        directory, layout = self._direct
+        chunk = layout.chunk_size
+        first = start // chunk
+        for i, a in enumerate(range(0, data.size, chunk)):
+            piece = data[a : a + chunk]
+            if piece.size < chunk:  # the last chunk: padded to full size, as Zarr stores it
+                piece = np.concatenate([piece, np.zeros(chunk - piece.size, dtype=self.dtype)])
+            path = os.path.join(directory, layout.chunk_key(first + i))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(memoryview(piece).cast("B"))
+                if layout.trailer_bytes:
+                    f.write(google_crc32c.value(piece).to_bytes(4, "little"))
 
     def _record_blocks(self, data: np.ndarray) -> None:
         """Block checksums of whole chunks as they are stored (a short last chunk padded with the
@@ -128,8 +161,25 @@ class ArrayAppender:
             self._array = self._create(self._pending_len)
         if self._pending_len:
             self._flush(whole_chunks_only=False)
+        if self._direct is not None and self._array.shape[0] != self._written:
+            self._array.resize((self._written,))
         self.closed = True
         return self._written
+
+
+def _direct_chunk_files(group: zarr.Group, array: zarr.Array):
+    """``(directory, layout)`` when ``array``'s chunks can be written as files directly: a local
+    store, a raw little-endian layout (bytes codec, optionally crc32c) on a little-endian machine;
+    else ``None`` (written through Zarr: object stores, other codecs)."""
+    from zarr.storage import LocalStore
+
+    store = group.store
+    if not isinstance(store, LocalStore) or sys.byteorder != "little":
+        return None
+    layout = raw_chunk_layout(array.metadata.to_dict())
+    if layout is None or layout.trailer_bytes not in (0, 4) or layout.fill_value != 0:
+        return None
+    return os.path.join(str(store.root), *array.path.split("/")), layout
 
 
 class ShardWriter:
