@@ -263,3 +263,58 @@ def test_dask_cluster_reads_the_bucket_itself(s3, files, bucket, tokenizer_dir, 
                                   executor=client, **KW)
             assert len(store.manifest.splits["train"].shards) > 1
             _assert_same_tokens(store, ref)
+
+
+# -- streaming (Iterable) datasets ---------------------------------------------------------------------------
+def _jsonl_parts(files, docs):
+    parts = []
+    for k, (a, b) in enumerate([(0, 130), (130, 250), (250, len(docs))]):
+        path = files / f"it{k}.jsonl"
+        path.write_bytes(_jsonl_bytes(docs[a:b]))
+        parts.append(str(path))
+    return parts
+
+
+def test_streaming_build_equals_the_datasets_build(files, docs, tokenizer_dir, tokenizer, tmp_path):
+    parts = _jsonl_parts(tmp_path, docs)
+    ref = zarrtok.build("json", data_files=parts, tokenizer_name=tokenizer_dir, output=tmp_path / "ref",
+                        load_dataset_kwargs={"keep_in_memory": True}, **KW)  # the datasets path (ground truth)
+    assert ref.manifest.config["source"].get("reader") is None
+    store = zarrtok.build("json", data_files=parts, tokenizer_name=tokenizer_dir, output=tmp_path / "stream",
+                          load_dataset_kwargs={"streaming": True}, **KW)
+    _assert_same_tokens(store, ref)
+    assert len(store.manifest.splits["train"].shards) > 1
+    source = store.manifest.config["source"]
+    assert source["reader"] == "zarrtok-iterable" and source["shard_sizes"] == {"train": [130, 120, len(docs) - 250]}
+    assert store.manifest.sources == [{"kind": "iterable", "name": "json", "config": None, "split": "train"}]
+    again = zarrtok.build("json", data_files=parts, tokenizer_name=tokenizer_dir, output=tmp_path / "stream",
+                          load_dataset_kwargs={"streaming": True}, **KW)
+    assert again.manifest.created == store.manifest.created  # same fingerprint: reused
+
+
+def test_iterable_dataset_object_and_refused_rules(docs, tokenizer_dir, tokenizer, tmp_path):
+    import datasets
+
+    texts = docs[:80]
+    ds = datasets.IterableDataset.from_generator(lambda: ({"text": t, "n": i} for i, t in enumerate(texts)))
+    store = zarrtok.build(ds, tokenizer_name=tokenizer_dir, output=tmp_path / "gen", **KW)
+    np.testing.assert_array_equal(np.asarray(store.tokens("train")), expected_tokens(tokenizer, texts))
+    assert store.num_documents("train") == len(texts)
+    with pytest.raises(ValueError, match="has no length, so a 'validation' split cannot be carved"):
+        zarrtok.build(ds, tokenizer_name=tokenizer_dir, output=tmp_path / "v", validation_split=0.1, **KW)
+    with pytest.raises(ValueError, match="shuffle=True cannot be planned"):
+        zarrtok.build(ds, tokenizer_name=tokenizer_dir, output=tmp_path / "s", shuffle=True, **KW)
+    bad = datasets.IterableDataset.from_generator(lambda: iter([{"text": "a"}, {"text": 5}]))
+    with pytest.raises(TypeError, match=r"split 'train', shard 0, row 1: column 'text' holds int"):
+        zarrtok.build(bad, tokenizer_name=tokenizer_dir, output=tmp_path / "b", **KW)
+    assert not os.path.exists(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_streaming_build_on_spawned_workers_loads_the_source_itself(docs, tokenizer_dir, tmp_path):
+    parts = _jsonl_parts(tmp_path, docs)
+    kw = dict(tokenizer_name=tokenizer_dir, load_dataset_kwargs={"streaming": True}, **KW)
+    ref = zarrtok.build("json", data_files=parts, output=tmp_path / "ref", **kw)
+    spawned = zarrtok.build("json", data_files=parts, output=tmp_path / "spawn", num_workers=2, start_method="spawn",
+                            **kw)
+    _assert_same_tokens(spawned, ref)

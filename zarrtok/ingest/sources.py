@@ -48,7 +48,8 @@ def load_source(
     elif isinstance(dataset, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": dataset})
     elif isinstance(dataset, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise TypeError("streaming (Iterable) datasets are not supported: load the dataset without streaming=True")
+        raise TypeError("streaming (Iterable) datasets are read by zarrtok.ingest.iterable, not load_source "
+                        "(the build takes them directly)")
     elif isinstance(dataset, (str, os.PathLike)):
         kwargs = dict(load_dataset_kwargs or {})
         if revision is not None:
