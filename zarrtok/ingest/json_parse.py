@@ -195,6 +195,7 @@ def _valid_utf8(data: bytes) -> bool:
     UTF-8 validation (GB/s), and Python's surrogatepass decoding where Arrow refuses (CESU surrogates)."""
     if data.isascii():
         return True
+    _pa = _pyarrow()
     if _pa is not None:
         try:
             _pa.Array.from_buffers(_pa.large_string(), 1, [None, _pa.array([0, len(data)], _pa.int64()).buffers()[1],
@@ -209,7 +210,15 @@ def _valid_utf8(data: bytes) -> bool:
     return True
 
 
-try:  # pragma: no branch
-    import pyarrow as _pa
-except Exception:  # pragma: no cover - pyarrow comes with datasets
-    _pa = None
+_PA: list[Any] = []
+
+
+def _pyarrow() -> Any:
+    """pyarrow, imported on the first non-ASCII block (``None`` if it cannot be)."""
+    if not _PA:
+        try:
+            import pyarrow
+        except Exception:  # pragma: no cover - pyarrow comes with datasets
+            pyarrow = None
+        _PA.append(pyarrow)
+    return _PA[0]

@@ -22,10 +22,12 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import datasets
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: a JSON Lines / Parquet worker never pays for `datasets`
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ def load_source(
     load_dataset_kwargs: dict[str, Any] | None = None,
 ) -> datasets.DatasetDict:
     """Load the source as a ``DatasetDict`` (a single ``Dataset`` becomes ``{"train": ...}``)."""
+    import datasets
+
     if isinstance(dataset, datasets.DatasetDict):
         loaded = dataset
     elif isinstance(dataset, datasets.Dataset):
