@@ -1,20 +1,36 @@
-"""Local JSON Lines files read directly, in byte blocks: the build's streaming source.
+"""JSON Lines files read directly, in byte blocks: the build's streaming source.
 
 ``datasets.load_dataset("json", ...)`` first converts every file into an Arrow cache (about the
-size of the text, written to ``HF_DATASETS_CACHE``) and the build then reads that cache through
-memory maps, so disk and resident memory grow with the corpus. For the common case — local
-``.jsonl``/``.json``/``.ndjson`` files of one JSON object per line — :func:`plan_json_lines`
-recognises the call and :class:`JsonLinesDocuments` reads the files in place instead: one cheap
-pass counts the rows of every block (blocks end at newlines), then workers parse and tokenize
-blocks independently. Nothing is written besides the store, and memory holds only the blocks in
-flight.
+size of the text, written to ``HF_DATASETS_CACHE``; for URLs after downloading them on the driver)
+and the build then reads that cache through memory maps, so disk and resident memory grow with the
+corpus. For files of one JSON object per line — ``.jsonl``/``.json``/``.ndjson``, plain or
+compressed (``.gz``, ``.zst``/``.zstd``, ``.bz2``, ``.xz``), local paths or fsspec URLs
+(``s3://bucket/dir/*.jsonl.gz``, ``hf://datasets/...``), globs expanded in sorted order (see
+:mod:`zarrtok.ingest.file_sources`) — :func:`plan_json_lines` recognises the call and
+:class:`JsonLinesDocuments` reads the files in place instead: one sequential pass at plan time
+counts the rows of every block (blocks end at newlines, at most ``block_bytes`` and ``batch_size``
+rows), then workers open the files themselves and parse and tokenize blocks independently (lines
+parsed by :mod:`zarrtok.ingest.json_parse`: msgspec, with ``json.loads`` as the reference).
+Nothing is written besides the store, and memory holds only the blocks in flight. The source
+filesystem's options are ``load_dataset_kwargs={"storage_options": ...}``.
+
+**Compressed files** cannot be seeked: the plan-time scan decompresses each file once (streaming,
+bounded memory) and records blocks as offsets into the *decompressed* bytes. A worker reading a
+block decompresses from the start of the file up to it — unless its open stream of that file is
+already at or before the block, which it then continues: each process keeps the stream of its
+last compressed block. Consecutive blocks of a file within a task (the default, one task per split
+without ``shard_size``) therefore cost one decompression of the file. What costs more: a shard
+boundary (``shard_size``) inside a compressed file — the next task decompresses the prefix it skips
+— and the local process pool spreading the blocks of one task over ``W`` workers, where each worker
+decompresses the file once (``W`` decompressions, skipping the other workers' blocks without
+parsing them). Blocks (not whole files) are the units so memory stays bounded by the block size.
 
 The documents are exactly the ones the ``datasets`` path gives (tested against it): rows are the
 non-blank lines in file order, the split rules of :mod:`zarrtok.sources` pick the same rows, a
 missing or ``null`` value is an empty document, and several columns are joined the same way. Any
-call this module is not sure about (globs, directories, compressed files, a first row that is not
-an object or lacks the text column, a byte-order mark, ``shuffle=True``, extra ``load_dataset``
-options) goes to ``datasets`` unchanged.
+call this module is not sure about (directories, missing files, a first row that is not an object
+or lacks the text column, a byte-order mark, ``shuffle=True``, ``load_dataset`` options other
+than ``storage_options``) goes to ``datasets`` unchanged.
 """
 
 from __future__ import annotations
