@@ -318,3 +318,24 @@ def test_streaming_build_on_spawned_workers_loads_the_source_itself(docs, tokeni
     spawned = zarrtok.build("json", data_files=parts, output=tmp_path / "spawn", num_workers=2, start_method="spawn",
                             **kw)
     _assert_same_tokens(spawned, ref)
+
+
+def test_memory_and_file_urls_stand_in_for_hf_urls(files):
+    """hf://datasets/... goes through huggingface_hub's fsspec filesystem, the same code path as any
+    fsspec URL (glob without protocol, unstrip_protocol, info, open): memory:// and file:// here."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/zarrtok-{uuid.uuid4().hex[:8]}"
+    for name in ("a.jsonl.zst", "b.jsonl.gz", "p0.parquet", "p1.parquet"):
+        fs.pipe(f"{root}/data/{name}", (files / name).read_bytes())
+    local_json = [str(files / "a.jsonl.zst"), str(files / "b.jsonl.gz")]
+    assert plan_json_lines("json", data_files=f"memory://{root}/data/*.jsonl*", columns=None)["train"] == [
+        f"memory://{root}/data/a.jsonl.zst", f"memory://{root}/data/b.jsonl.gz"]
+    assert direct_texts("json", f"memory://{root}/data/*.jsonl*") == datasets_texts("json", local_json)
+    assert direct_texts("parquet", f"memory://{root}/data/*.parquet", "title") == \
+        datasets_texts("parquet", str(files / "*.parquet"), "title")
+    assert direct_texts("json", f"file://{files}/*.jsonl.gz") == datasets_texts("json", str(files / "b.jsonl.gz"))
+    ident = file_sources.identity([f"memory://{root}/data/p0.parquet"], None)
+    assert ident[0]["path"] == f"memory://{root}/data/p0.parquet"
+    assert ident[0]["size"] == (files / "p0.parquet").stat().st_size

@@ -183,7 +183,7 @@ def block(draw) -> tuple[bytes, set[int] | None]:
     return data, keep
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(case=block(), columns=st.sampled_from([("text",), ("text", "title"), ("title", "x")]))
 def test_arbitrary_blocks_same_as_json(case, columns):
     data, keep = case

@@ -43,7 +43,7 @@ BLANK = b" \t\r"
 
 try:  # pragma: no branch - depends on the environment
     import msgspec as _msgspec
-except Exception as _exc:  # pragma: no cover - msgspec is a dependency
+except Exception as _exc:  # noqa: BLE001  # pragma: no cover - msgspec is a dependency
     _msgspec = None
     _IMPORT_ERROR: Exception | None = _exc
 else:
@@ -77,9 +77,7 @@ class LineParser:
         if fast and _msgspec is None:
             _note_fallback()
         if self.fast:
-            from typing import Optional
-
-            fields = [(f"f{i}", Optional[str], None) for i in range(len(self.columns))]
+            fields = [(f"f{i}", str | None, None) for i in range(len(self.columns))]
             row = _msgspec.defstruct("Row", fields, rename={f"f{i}": c for i, c in enumerate(self.columns)})
             self._decoder = _msgspec.json.Decoder(row)
             self._errors = (_msgspec.DecodeError, _msgspec.ValidationError, RecursionError, ValueError)
@@ -94,7 +92,8 @@ class LineParser:
         except RecursionError:
             raise ValueError(f"{path}, line {number}: not valid JSON (nested too deeply to parse)") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object per line, got {type(obj).__name__}")
+            got = type(obj).__name__  # a ValueError, as before: the line is bad input, not a bad argument
+            raise ValueError(f"{path}, line {number}: expected a JSON object per line, got {got}")  # noqa: TRY004
         values = []
         for column in self.columns:
             value = obj.get(column)
@@ -187,7 +186,7 @@ def _object_lines(data: bytes) -> int | None:
             return None
         last = last.copy()
         last[cr] = a[ends[cr] - 2]
-    return int(len(ends)) if np.all(last == 0x7D) else None
+    return len(ends) if np.all(last == 0x7D) else None
 
 
 def _valid_utf8(data: bytes) -> bool:
@@ -218,7 +217,7 @@ def _pyarrow() -> Any:
     if not _PA:
         try:
             import pyarrow
-        except Exception:  # pragma: no cover - pyarrow comes with datasets
+        except Exception:  # noqa: BLE001  # pragma: no cover - pyarrow comes with datasets
             pyarrow = None
         _PA.append(pyarrow)
     return _PA[0]

@@ -333,7 +333,7 @@ class JsonLinesDocuments:
             return file_sources.read_range(block.path, self.storage_options, block.start, block.end)
         cached = self._stream
         if cached is not None and cached[0] == block.path and cached[1] <= block.start:
-            path, pos, f = cached
+            _, pos, f = cached
         else:
             self.close()
             f = file_sources.open_stream(block.path, self.storage_options, block.compression)

@@ -48,7 +48,8 @@ def _is_string(t: Any) -> bool:
 
     if pa.types.is_dictionary(t):
         t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _t: False)(t)
+    is_view = getattr(pa.types, "is_string_view", None)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (is_view is not None and is_view(t))
 
 
 def _open(path: str, storage_options: dict[str, Any] | None):
@@ -101,7 +102,7 @@ def plan_parquet(dataset: Any, *, data_files: Any, columns: str | Sequence[str] 
         for path in files:
             try:
                 pf, raw = _open(path, options)
-            except Exception as exc:  # not a Parquet file: datasets decides (and gives its error)
+            except Exception as exc:  # noqa: BLE001 - not a Parquet file: datasets decides (and gives its error)
                 logger.info("%s: not read directly (%s: %s)", path, type(exc).__name__, exc)
                 return None
             try:
