@@ -6,6 +6,9 @@ Run from the repository root with the peers environment (``bash benchmarks/peers
     .venv-peers/bin/python -m benchmarks.build_peers              # = --full: 250 MB and 1 GB of JSONL
     .venv-peers/bin/python -m benchmarks.build_peers --quick      # 8 MB and 32 MB, a smoke run (~4 minutes)
     .venv-peers/bin/python -m benchmarks.build_peers --sizes-mb 100 --rounds 3 --workdir /tmp/bp
+    # issue 14's run: zarrtok's three encoders and Archai at 1 GB, zarrtok alone at 250 MB (flatness), ~30 min
+    .venv-peers/bin/python -m benchmarks.build_peers --sizes-mb 250 1000 --workdir /tmp/bp \
+        --contenders zarrtok zarrtok-tiktoken zarrtok-hf archai --small-contenders zarrtok
 
 Method
 ------
@@ -27,7 +30,9 @@ Method
 
    * ``zarrtok``: ``zarrtok.build("json", data_files=path, tokenizer_name=tok_dir, output=out,
      num_workers=w, validation_split=0.0, progress=False)``, default ``encoder="auto"`` (the
-     encoder it chose, from the manifest, is recorded). One split, ``train``.
+     encoder it chose, from the manifest, is recorded: the verified gigatoken fast path). One split,
+     ``train``. ``zarrtok-tiktoken`` / ``zarrtok-hf``: the same with ``encoder="tiktoken"`` /
+     ``encoder="hf"`` (``zarrtok-hf`` is the build before the fast paths, the issue's "today").
    * ``archai`` (the predecessor, 1.0.0): ``FastHfDatasetProvider.from_hub("json",
      data_files=path, tokenizer=tok, mapping_column_name=["text"], num_workers=w, cache_dir=out)``,
      its other defaults as they are: ``use_shared_memory=True`` (split arrays in ``/dev/shm``, then
@@ -84,11 +89,14 @@ Method
    + one EOS each, summed over the splits a contender wrote: Archai and nanoGPT split by document),
    the same histogram of token ids (so the same multiset of tokens), and exactly one EOS per
    document of the corpus. A mismatch is printed and the script exits 1 (after writing the JSON).
-6. **Order**: sizes from small to large; the 8 builds of one size are run ``--rounds`` times (default
+6. **Order**: sizes from small to large; the builds of one size (``--contenders`` x workers) are run ``--rounds`` times (default
    1), the order rotating by one every round; medians over rounds. Before the builds of a size the
    JSONL is read once, so every build finds it in the page cache.
 
-Targets (at the largest size): zarrtok tokens/s >= 2x Archai's (1 and 2 workers); zarrtok peak PSS
+Each build also records the 1-minute load average before and after it (the machine is shared).
+
+Targets (at the largest size; issue 14): zarrtok tokens/s >= 15x Archai's (1 and 2 workers, was 2x) and
+>= 3x ``zarrtok-hf``'s with 2 workers (same run); zarrtok peak PSS
 <= 0.5x Archai's; zarrtok's peak PSS flat in the corpus size (largest / smallest <= 1.25x); zarrtok
 peak disk <= 1.1x its output. Ratios to nanoGPT and litdata are reported as information. Results:
 ``benchmarks/results/build_peers.json``.
@@ -119,7 +127,10 @@ from benchmarks.peers import litdata as litpeer
 
 DEFAULT_JSON = common.default_json("build_peers")
 
-CONTENDERS = ("zarrtok", "archai", "nanogpt", "litdata")
+CONTENDERS = ("zarrtok", "zarrtok-tiktoken", "zarrtok-hf", "archai", "nanogpt", "litdata")
+#: zarrtok's encoder per contender name: "zarrtok" is the default (encoder="auto": the verified gigatoken fast
+#: path here); "zarrtok-hf" is zarrtok before the fast paths (Hugging Face tokenizers), the issue's "today"
+ZARRTOK_ENCODERS = {"zarrtok": "auto", "zarrtok-tiktoken": "tiktoken", "zarrtok-hf": "hf"}
 WORKERS = (1, 2)
 FULL_SIZES_MB = (250, 1000)
 QUICK_SIZES_MB = (8, 32)
@@ -150,7 +161,8 @@ LIT_INPUT_BYTES, LIT_CHUNK_BYTES = litpeer.JSONL_INPUT_BYTES, litpeer.JSONL_CHUN
 # measurement
 PSS_INTERVAL = 0.1
 DISK_INTERVAL = 0.25
-TARGET_SPEED, TARGET_PSS, TARGET_FLAT, TARGET_DISK = 2.0, 0.5, 1.25, 1.1
+TARGET_SPEED, TARGET_PSS, TARGET_FLAT, TARGET_DISK = 15.0, 0.5, 1.25, 1.1
+TARGET_VS_HF = 3.0  # zarrtok (gigatoken) over zarrtok-hf with 2 workers, same run (issue 14)
 MARK_BUILT = "@@build_peers: built@@"
 MARK_RESULT = "@@build_peers: result@@ "
 
@@ -297,11 +309,11 @@ def make_tokenizer(workdir: str, seed: int = SEED) -> tuple[str, dict[str, Any]]
 
 
 # -- the contenders (child process) -------------------------------------------------------------------
-def build_zarrtok(data: str, tok_dir: str, out: str, workers: int) -> dict[str, Any]:
+def build_zarrtok(data: str, tok_dir: str, out: str, workers: int, encoder: str = "auto") -> dict[str, Any]:
     import zarrtok
 
     store = zarrtok.build("json", data_files=data, tokenizer_name=tok_dir, output=out, num_workers=workers,
-                          validation_split=0.0, progress=False)
+                          validation_split=0.0, progress=False, encoder=encoder)
     return {"encoder": store.manifest.encoder}
 
 
@@ -319,10 +331,10 @@ def build_archai(data: str, tok_dir: str, out: str, workers: int) -> dict[str, A
     return {}
 
 
-BUILDERS = {"zarrtok": build_zarrtok, "archai": build_archai, "nanogpt": nanogpt.prepare,
-            "litdata": litpeer.optimize_jsonl}
-READERS = {"zarrtok": read_zarrtok, "archai": archai.read_splits, "nanogpt": nanogpt.read_splits,
-           "litdata": litpeer.read_all_tokens}
+BUILDERS = {"archai": build_archai, "nanogpt": nanogpt.prepare, "litdata": litpeer.optimize_jsonl,
+            **{name: (lambda d, t, o, w, _e=enc: build_zarrtok(d, t, o, w, _e)) for name, enc in ZARRTOK_ENCODERS.items()}}
+READERS = {"archai": archai.read_splits, "nanogpt": nanogpt.read_splits, "litdata": litpeer.read_all_tokens,
+           **{name: read_zarrtok for name in ZARRTOK_ENCODERS}}
 
 
 def _import_libraries(contender: str) -> None:
@@ -331,7 +343,7 @@ def _import_libraries(contender: str) -> None:
     import transformers  # noqa: F401
 
     datasets.disable_progress_bars()
-    if contender == "zarrtok":
+    if contender.startswith("zarrtok"):
         import zarrtok  # noqa: F401
     elif contender == "archai":
         import archai.datasets.nlp.fast_hf_dataset_provider  # noqa: F401  (writes archai.log in the cwd)
@@ -464,6 +476,7 @@ def measure(contender: str, workers: int, data: str, tok_dir: str, rundir: str, 
     result = None
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
+        load_before = os.getloadavg()
         disk = PeakDisk(rundir)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO_ROOT)
         memory = common.PeakMemory(proc.pid, interval=PSS_INTERVAL)
@@ -471,7 +484,8 @@ def measure(contender: str, workers: int, data: str, tok_dir: str, rundir: str, 
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith(MARK_BUILT) and sampled is None:
-                sampled = {"process_seconds": time.perf_counter() - t0, "peak_pss_mb": memory.stop(), **disk.stop()}
+                sampled = {"process_seconds": time.perf_counter() - t0, "peak_pss_mb": memory.stop(), **disk.stop(),
+                           "load_average_before": load_before, "load_average_after": os.getloadavg()}
             elif line.startswith(MARK_RESULT):
                 result = json.loads(line[len(MARK_RESULT):])
             else:
@@ -512,14 +526,18 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "peak_disk_bytes",
                     "output_bytes", "peak_disk_over_output", "peak_disk_without_hf_over_output"):
             s[key] = _median(rows, key)
-        if contender == "zarrtok":
+        if contender.startswith("zarrtok"):
             s["encoder"] = rows[0]["encoder"]
         summary.append(s)
     for s in summary:
-        archai = next(a for a in summary if (a["size_mb"], a["contender"], a["workers"])
-                      == (s["size_mb"], "archai", s["workers"]))
-        s["speed_vs_archai"] = s["tokens_per_second"] / archai["tokens_per_second"]
-        s["pss_vs_archai"] = s["peak_pss_mb"] / archai["peak_pss_mb"]
+        s["load_average_1min"] = [r["load_average_before"][0] for r in groups[(s["size_mb"], s["contender"], s["workers"])]]
+        archai = next((a for a in summary if (a["size_mb"], a["contender"], a["workers"])
+                       == (s["size_mb"], "archai", s["workers"])), None)
+        s["speed_vs_archai"] = s["tokens_per_second"] / archai["tokens_per_second"] if archai else None
+        s["pss_vs_archai"] = s["peak_pss_mb"] / archai["peak_pss_mb"] if archai else None
+        hf = next((a for a in summary if (a["size_mb"], a["contender"], a["workers"])
+                   == (s["size_mb"], "zarrtok-hf", s["workers"])), None)
+        s["speed_vs_zarrtok_hf"] = s["tokens_per_second"] / hf["tokens_per_second"] if hf else None
     order = {c: i for i, c in enumerate(CONTENDERS)}
     summary.sort(key=lambda s: (s["size_mb"], s["workers"], order[s["contender"]]))
     return summary
@@ -545,7 +563,8 @@ def check_tokens(runs: list[dict[str, Any]], corpora: dict[int, dict[str, Any]])
 
 
 def rows(summary: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """The suite's result rows (targets on the largest corpus; the nanoGPT / litdata ratios informational)."""
+    """The suite's result rows (targets on the largest corpus; ratios to the other contenders informational).
+    Rows of contenders that did not run (``--contenders``) are left out."""
     big, small = max(sizes), min(sizes)
     get = {(s["size_mb"], s["contender"], s["workers"]): s for s in summary}
     out = []
@@ -553,18 +572,32 @@ def rows(summary: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, 
 
     def add(measure: str, value: float, reference: str, workers: int, target: str | None = None,
             ok: bool | None = None, size: int = big) -> None:
+        z = get.get((size, "zarrtok", workers), {})
         out.append(common.row("build_peers", measure, value, reference=reference, target=target, ok=ok,
-                              conditions={"size_mb": size, "workers": workers, "rounds": rounds}))
+                              conditions={"size_mb": size, "workers": workers, "rounds": rounds,
+                                          "load_average_1min": z.get("load_average_1min")}))
 
     for w in WORKERS:
-        z, a = get[(big, "zarrtok", w)], get[(big, "archai", w)]
-        add(f"{big} MB {w}w: tokens/s zarrtok / archai", z["speed_vs_archai"], "archai", w,
-            f">= {TARGET_SPEED:g}x", z["speed_vs_archai"] >= TARGET_SPEED)
-        ratio = z["peak_pss_mb"] / a["peak_pss_mb"]
-        add(f"{big} MB {w}w: peak PSS zarrtok / archai", ratio, "archai", w, f"<= {TARGET_PSS:g}x",
-            ratio <= TARGET_PSS)
+        z, a = get[(big, "zarrtok", w)], get.get((big, "archai", w))
+        if a is not None:
+            add(f"{big} MB {w}w: tokens/s zarrtok / archai", z["speed_vs_archai"], "archai", w,
+                f">= {TARGET_SPEED:g}x", z["speed_vs_archai"] >= TARGET_SPEED)
+            ratio = z["peak_pss_mb"] / a["peak_pss_mb"]
+            add(f"{big} MB {w}w: peak PSS zarrtok / archai", ratio, "archai", w, f"<= {TARGET_PSS:g}x",
+                ratio <= TARGET_PSS)
     for w in WORKERS:
-        if big != small:
+        z, hf = get[(big, "zarrtok", w)], get.get((big, "zarrtok-hf", w))
+        if hf is not None:
+            ratio = z["tokens_per_second"] / hf["tokens_per_second"]
+            target = w == 2  # the issue's target: the 2-worker build of today (encoder="hf")
+            add(f"{big} MB {w}w: tokens/s zarrtok (gigatoken) / zarrtok encoder=hf", ratio, "zarrtok-hf", w,
+                f">= {TARGET_VS_HF:g}x" if target else None, ratio >= TARGET_VS_HF if target else None)
+        t = get.get((big, "zarrtok-tiktoken", w))
+        if t is not None:
+            add(f"{big} MB {w}w: tokens/s zarrtok (gigatoken) / zarrtok encoder=tiktoken",
+                z["tokens_per_second"] / t["tokens_per_second"], "zarrtok-tiktoken", w)
+    for w in WORKERS:
+        if big != small and (small, "zarrtok", w) in get:
             flat = get[(big, "zarrtok", w)]["peak_pss_mb"] / get[(small, "zarrtok", w)]["peak_pss_mb"]
             add(f"{w}w: zarrtok peak PSS {big} MB / {small} MB (flat)", flat, f"zarrtok, {small} MB", w,
                 f"<= {TARGET_FLAT:g}x", flat <= TARGET_FLAT)
@@ -576,7 +609,9 @@ def rows(summary: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str, 
             "output bytes", w)
     for peer in ("nanogpt", "litdata"):
         for w in WORKERS:
-            z, p = get[(big, "zarrtok", w)], get[(big, peer, w)]
+            z, p = get[(big, "zarrtok", w)], get.get((big, peer, w))
+            if p is None:
+                continue
             add(f"{big} MB {w}w: tokens/s zarrtok / {peer}", z["tokens_per_second"] / p["tokens_per_second"], peer, w)
             add(f"{big} MB {w}w: peak PSS zarrtok / {peer}", z["peak_pss_mb"] / p["peak_pss_mb"], peer, w)
     return out
@@ -598,7 +633,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     print(f"tokenizer: byte-level BPE, vocab {VOCAB_SIZE} ({took})", flush=True)
     runs_dir, logs_dir = os.path.join(workdir, "runs"), os.path.join(workdir, "logs")
     os.makedirs(logs_dir, exist_ok=True)
-    combos = [(c, w) for w in WORKERS for c in CONTENDERS]
+    big = max(args.sizes_mb)
     corpora: dict[int, dict[str, Any]] = {}
     runs: list[dict[str, Any]] = []
     for size in args.sizes_mb:
@@ -608,6 +643,8 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         print(f"\ncorpus {size} MB: {corpus['documents']:,} documents, {corpus['words']:,} words, "
               f"{corpus['bytes'] / 1e6:.1f} MB ({took})", flush=True)
         warm_page_cache(data)
+        names = args.contenders if size == big else args.small_contenders
+        combos = [(c, w) for w in WORKERS for c in CONTENDERS if c in names]
         for r in range(args.rounds):
             for k in range(len(combos)):
                 contender, workers = combos[(k + r) % len(combos)]
@@ -616,10 +653,11 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                               os.path.join(logs_dir, name + ".log"))
                 row.update({"size_mb": size, "round": r})
                 runs.append(row)
-                print(f"  {size} MB r{r} {contender:<8} w{workers}: {row['tokens']:>12,} tokens in "
+                print(f"  {size} MB r{r} {contender:<16} w{workers}: {row['tokens']:>12,} tokens in "
                       f"{row['seconds']:6.1f}s = {row['tokens_per_second'] / 1e6:5.2f}M tok/s, peak PSS "
                       f"{row['peak_pss_mb']:6.0f} MB, /dev/shm +{row['peak_dev_shm_bytes'] / 1e6:.0f} MB, peak disk "
-                      f"{row['peak_disk_bytes'] / 1e6:.0f} MB = {row['peak_disk_over_output']:.2f}x output", flush=True)
+                      f"{row['peak_disk_bytes'] / 1e6:.0f} MB = {row['peak_disk_over_output']:.2f}x output, load "
+                      f"{row['load_average_before'][0]:.2f} -> {row['load_average_after'][0]:.2f}", flush=True)
     shutil.rmtree(runs_dir, ignore_errors=True)
     summary = summarize(runs)
     checks = check_tokens(runs, corpora)
@@ -639,7 +677,8 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                     "wordfreq": getattr(wordfreq, "__version__", None)},
         "settings": {"sizes_mb": list(args.sizes_mb), "workers": list(WORKERS), "rounds": args.rounds,
-                     "seed": args.seed, "contenders": list(CONTENDERS), "pss_interval_s": PSS_INTERVAL,
+                     "seed": args.seed, "contenders": list(args.contenders),
+                     "small_contenders": list(args.small_contenders), "pss_interval_s": PSS_INTERVAL,
                      "disk_interval_s": DISK_INTERVAL, "litdata_input_bytes": LIT_INPUT_BYTES,
                      "litdata_chunk_bytes": LIT_CHUNK_BYTES, "nanogpt_test_size": NANOGPT_TEST_SIZE,
                      "nanogpt_batches": NANOGPT_BATCHES},
@@ -650,6 +689,10 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         "summary": summary,
         "total_seconds": time.perf_counter() - t_start,
     }
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -663,20 +706,22 @@ def print_report(report: dict[str, Any]) -> None:
 
     columns = [  # (header, width, cell)
         ("size", 7, lambda s: f"{s['size_mb']} MB"),
-        ("contender", -9, lambda s: s["contender"]),
+        ("contender", -16, lambda s: s["contender"]),
         ("w", 1, lambda s: s["workers"]),
         ("tokens", 12, lambda s: f"{s['tokens']:,}"),
         ("seconds", 7, lambda s: f"{s['seconds']:.1f}"),
         ("tok/s", 7, lambda s: f"{s['tokens_per_second'] / 1e6:.2f}M"),
-        ("vs archai", 9, lambda s: f"{s['speed_vs_archai']:.2f}x"),
+        ("vs archai", 9, lambda s: _x(s["speed_vs_archai"])),
+        ("vs hf", 6, lambda s: _x(s["speed_vs_zarrtok_hf"])),
         ("peak PSS", 9, lambda s: f"{s['peak_pss_mb']:,.0f} MB"),
-        ("vs archai", 9, lambda s: f"{s['pss_vs_archai']:.2f}x"),
+        ("vs archai", 9, lambda s: _x(s["pss_vs_archai"])),
         ("imports", 8, lambda s: f"{s['pss_after_imports_mb']:,.0f} MB"),
         ("/dev/shm", 8, lambda s: mb(s["peak_dev_shm_bytes"])),
         ("peak disk", 9, lambda s: mb(s["peak_disk_bytes"])),
         ("output", 8, lambda s: mb(s["output_bytes"])),
         ("disk/out", 8, lambda s: f"{s['peak_disk_over_output']:.2f}x"),
         ("w/o hf", 6, lambda s: f"{s['peak_disk_without_hf_over_output']:.2f}x"),
+        ("load", 5, lambda s: f"{statistics.median(s['load_average_1min']):.2f}"),
     ]
 
     def line(cells: list[Any]) -> str:
@@ -686,7 +731,7 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n" + head + "\n" + "-" * len(head))
     for s in report["summary"]:
         print(line([cell(s) for _, _, cell in columns]))
-    zt = [s for s in report["summary"] if s["contender"] == "zarrtok"]
+    zt = [s for s in report["summary"] if s["contender"].startswith("zarrtok")]
     print("zarrtok encoder: " + "; ".join(sorted({s["encoder"] for s in zt})))
     print("imports: PSS of the child after its imports, before the build; disk/out: peak disk of the run directory "
           "(datasets cache included) / final output; w/o hf: the same without the datasets cache")
@@ -708,7 +753,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help=f"corpora of {QUICK_SIZES_MB} MB (a smoke run)")
     size.add_argument("--full", action="store_true", help=f"corpora of {FULL_SIZES_MB} MB (the default)")
     p.add_argument("--sizes-mb", type=int, nargs="+", default=None, help="corpus sizes in MB (10^6 bytes)")
-    p.add_argument("--rounds", type=int, default=1, help="rounds of the 8 builds per size (default 1)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of the builds per size (default 1)")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS),
+                   help="contenders at the largest size (default: all; 'zarrtok' always runs)")
+    p.add_argument("--small-contenders", nargs="+", choices=CONTENDERS, default=None,
+                   help="contenders at the smaller sizes (default: as --contenders); zarrtok's flatness needs only 'zarrtok'")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--json", default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
     p.add_argument("--workdir", default=None,
@@ -717,6 +766,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.sizes_mb = sorted(args.sizes_mb or (QUICK_SIZES_MB if args.quick else FULL_SIZES_MB))
+    args.contenders = sorted(set(args.contenders) | {"zarrtok"}, key=CONTENDERS.index)
+    args.small_contenders = sorted(set(args.small_contenders or args.contenders) | {"zarrtok"}, key=CONTENDERS.index)
     return args
 
 

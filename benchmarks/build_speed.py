@@ -54,9 +54,10 @@ def build_one(data_path: str, tok_dir: str, output: str, encoder: str, workers: 
     # the clock starts, so the time is the build's, not the interpreter's start-up (reported apart)
     t_imports = time.perf_counter()
     import transformers  # noqa: F401
-    import zarrtok.ingest.builder  # noqa: F401
-    import zarrtok.ingest.fast_encoding  # noqa: F401
-    import zarrtok.ingest.gigatoken_encoding  # noqa: F401
+
+    import zarrtok.ingest.builder
+    import zarrtok.ingest.fast_encoding
+    import zarrtok.ingest.gigatoken_encoding
 
     imports = time.perf_counter() - t_imports
     shutil.rmtree(output, ignore_errors=True)
@@ -66,6 +67,7 @@ def build_one(data_path: str, tok_dir: str, output: str, encoder: str, workers: 
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     tokens = np.asarray(store.tokens("train"))
     return {"seconds": seconds, "cpu_seconds": cpu, "imports_seconds": imports, "tokens": int(tokens.size),
+            "zarrtok_file": zarrtok.__file__,
             "encoder": store.manifest.encoder,
             "digest": hashlib.sha256(tokens.tobytes()).hexdigest()}
 
@@ -259,6 +261,154 @@ def print_profile(report: dict[str, Any]) -> None:
           f"encode {t['unprofiled_encode_seconds']:.2f} s ({tokens / t['unprofiled_encode_seconds'] / 1e6:.1f}M tokens/s)")
 
 
+# -- where the time goes, stage by stage, before and after (issue 14) ----------------------------------------
+#: the stages of a build's pipeline, timed one after the other in one process without a profiler (cProfile
+#: inflates per-document Python code several-fold: read + parse showed 2.3 s under it, 0.53 s without)
+STAGE_NAMES = ("load tokenizer", "read + parse", "encode", "transfer (pickle + unpickle)", "write (ShardWriter)")
+
+
+def stages_one(data_path: str, tok_dir: str, workdir: str) -> dict[str, Any]:
+    """Child process (``--stages-one``), with the zarrtok tree under test first on ``sys.path``: every stage of a
+    1-shard gigatoken build over the whole corpus, unprofiled, then two end-to-end builds (1 and 2 workers).
+    A forked pool worker's costs and the driver's are the same stages split over processes."""
+    import pickle
+
+    import numpy as np
+    import zarr
+
+    import zarrtok
+
+    out: dict[str, Any] = {"zarrtok_file": zarrtok.__file__}
+    t0 = time.perf_counter()
+    from zarrtok.ingest.tokenization import backend_json, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_name=tok_dir)
+    out["load tokenizer"] = time.perf_counter() - t0
+    out["driver imports torch"] = "torch" in sys.modules
+    from zarrtok.ingest.gigatoken_encoding import GigatokenDocumentEncoder
+    from zarrtok.ingest.jsonl import JsonLinesDocuments
+    from zarrtok.ingest.writer import ShardWriter
+
+    enc = GigatokenDocumentEncoder(backend_json(tok), eos_token_id=tok.eos_token_id, add_special_tokens=True,
+                                   dtype="uint16")
+    docs = JsonLinesDocuments.open({"train": [data_path]}, columns=["text"], separator="\n\n", validation_split=0.0,
+                                   test_split=None, seed=0, splits=None, batch_size=1000)
+    tasks = docs.tasks("train", 1000)
+    enc.encode(docs.texts(tasks[0]))  # gigatoken's first-call set-up (~0.4 s, once per process)
+    timings = dict.fromkeys(STAGE_NAMES[1:], 0.0)
+    root = zarr.open_group(os.path.join(workdir, "stages-store"), mode="w")
+    writer = ShardWriter(root.create_group("shard"), dtype=np.dtype("uint16"), chunk_size=4 << 20,
+                         checksum="crc32c", block_bytes=16384)
+    tokens = nbytes = 0
+    for task in tasks:  # one batch at a time through every stage: memory stays that of one batch
+        a = time.perf_counter()
+        texts = docs.texts(task)
+        b = time.perf_counter()
+        result = enc.encode(texts)
+        c = time.perf_counter()
+        blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        result = pickle.loads(blob)
+        d = time.perf_counter()
+        writer.add(*result)
+        e = time.perf_counter()
+        timings["read + parse"] += b - a
+        timings["encode"] += c - b
+        timings["transfer (pickle + unpickle)"] += d - c
+        timings["write (ShardWriter)"] += e - d
+        tokens += result[0].size
+        nbytes += len(blob)
+    a = time.perf_counter()
+    writer.close()
+    timings["write (ShardWriter)"] += time.perf_counter() - a
+    shutil.rmtree(os.path.join(workdir, "stages-store"), ignore_errors=True)
+    out.update(timings)
+    out.update({"tokens": tokens, "transfer_bytes": nbytes, "batches": len(tasks)})
+    return out
+
+
+def stages(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    """``--stages MB``: the stage table and end-to-end gigatoken builds (1 and 2 workers) for the zarrtok tree in
+    ``--before-tree`` and this one, on one generated corpus, in the same run."""
+    isolate_caches(workdir)
+    t_start = time.perf_counter()
+    data_path, tok_dir, corpus = _reuse_corpus(workdir, int(args.stages * 1e6 / 4.6))
+    print(f"corpus: {corpus['documents']:,} documents, {os.path.getsize(data_path) / 1e6:.0f} MB", flush=True)
+    with open(data_path, "rb") as f:  # warm the page cache
+        while f.read(1 << 24):
+            pass
+    trees = {"before": os.path.abspath(args.before_tree)} if args.before_tree else {}
+    trees["after"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    report: dict[str, Any] = {"benchmark": "build_speed_stages", "command": " ".join(
+        ["python", "-m", "benchmarks.build_speed", *sys.argv[1:]]), "corpus": corpus, "trees": trees, "runs": {}}
+    for name, tree in trees.items():
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        load = os.getloadavg()
+        child = subprocess.run(_in_tree(tree, "--stages-one", data_path, tok_dir, workdir), stdout=subprocess.PIPE,
+                               text=True, env=env, check=True)
+        run = {"stages": json.loads(child.stdout.strip().splitlines()[-1]), "load_average_before": load}
+        for workers in (1, 2):
+            out = os.path.join(workdir, f"store-{name}-{workers}")
+            load = os.getloadavg()
+            proc = subprocess.Popen(_in_tree(tree, "--one", data_path, tok_dir, out, "gigatoken", str(workers)),
+                                    stdout=subprocess.PIPE, text=True, env=env)
+            memory = PeakMemory(proc.pid)
+            stdout = proc.stdout.read()
+            peak = memory.stop()
+            if proc.wait() != 0:
+                raise RuntimeError(f"build {name}/{workers} failed: {stdout}")
+            row = json.loads(stdout.strip().splitlines()[-1])
+            row.update({"peak_pss_mb": peak, "tokens_per_second": row["tokens"] / row["seconds"],
+                        "load_average_before": load, "load_average_after": os.getloadavg()})
+            run[f"build, {workers} worker(s)"] = row
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"{name} {workers}w: {row['seconds']:.1f} s, {row['tokens_per_second'] / 1e6:.2f}M tokens/s, "
+                  f"peak PSS {peak:.0f} MB, load {load[0]:.2f}", flush=True)
+        report["runs"][name] = run
+    digests = {r[f"build, {w} worker(s)"]["digest"] for r in report["runs"].values() for w in (1, 2)}
+    report["same_tokens"] = len(digests) == 1
+    report["machine"] = machine_info()
+    report["total_seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def _in_tree(tree: str, *argv: str) -> list[str]:
+    """A child running this benchmark's ``argv`` with the zarrtok package of ``tree`` (first on ``sys.path``,
+    ahead of the editable install, whose finder comes after ``sys.path``)."""
+    bench_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path.insert(0, {bench_root!r}); import benchmarks.build_speed as b; "
+            f"sys.path.insert(0, {tree!r}); sys.exit(b.main({list(argv)!r}))")
+    return [sys.executable, "-c", code]
+
+
+def _reuse_corpus(workdir: str, num_tokens: int) -> tuple[str, str, dict[str, Any]]:
+    """:func:`benchmarks.common.make_corpus`, reused when ``workdir`` already holds it for ``num_tokens``."""
+    meta = os.path.join(workdir, "corpus.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            info = json.load(f)
+        if info.get("num_tokens") == num_tokens and os.path.exists(info["path"]):
+            return info["path"], info["tokenizer"], {**info, "reused": True}
+    data_path, tok_dir, info = make_corpus(workdir, num_tokens)
+    info = {**info, "num_tokens": num_tokens, "path": data_path, "tokenizer": tok_dir}
+    with open(meta, "w") as f:
+        json.dump(info, f)
+    return data_path, tok_dir, {**info, "reused": False}
+
+
+def print_stages(report: dict[str, Any]) -> None:
+    runs = report["runs"]
+    names = list(runs)
+    print(f"\n{'stage (one process, whole corpus, seconds)':<44}" + "".join(f"{n:>10}" for n in names))
+    for stage in STAGE_NAMES:
+        print(f"{stage:<44}" + "".join(f"{runs[n]['stages'][stage]:10.2f}" for n in names))
+    for w in (1, 2):
+        key = f"build, {w} worker(s)"
+        print(f"{'end to end, ' + str(w) + ' worker(s)':<44}" + "".join(f"{runs[n][key]['seconds']:10.2f}" for n in names)
+              + "   (" + ", ".join(f"{runs[n][key]['tokens_per_second'] / 1e6:.2f}M tok/s, "
+                                   f"{runs[n][key]['peak_pss_mb']:.0f} MB" for n in names) + ")")
+    print(f"same tokens in every build: {report['same_tokens']}")
+
+
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The suite's result rows: build tokens/s of each fast path over Hugging Face's encoder (and gigatoken
     over tiktoken)."""
@@ -276,11 +426,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="keep data here instead of a temporary directory")
     p.add_argument("--profile", type=float, default=None, metavar="MB",
                    help="instead: cProfile one gigatoken build (1 and 2 workers) of a JSONL corpus of about MB megabytes")
+    p.add_argument("--stages", type=float, default=None, metavar="MB",
+                   help="instead: time each stage of the build (and end-to-end gigatoken builds) on a corpus of about "
+                        "MB megabytes, for this tree and --before-tree")
+    p.add_argument("--before-tree", default=None, help="a zarrtok source tree to compare with (e.g. a `git archive`)")
+    p.add_argument("--stages-one", nargs=3, metavar=("DATA", "TOKENIZER", "WORKDIR"), help=argparse.SUPPRESS)
     p.add_argument("--one", nargs=5, metavar=("DATA", "TOKENIZER", "OUTPUT", "ENCODER", "WORKERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         data_path, tok_dir, output, encoder, workers = args.one
         print(json.dumps(build_one(data_path, tok_dir, output, encoder, int(workers))))
+        return 0
+    if args.stages_one:
+        print(json.dumps(stages_one(*args.stages_one)))
+        return 0
+    if args.stages:
+        report = run_in_workdir(stages, args, "zarrtok-bench-stages-")
+        print_stages(report)
+        write_report(report, args.json.replace("build_speed.json", "build_speed_stages.json"))
         return 0
     if args.profile:
         report = run_in_workdir(profile, args, "zarrtok-bench-profile-")

@@ -11,9 +11,7 @@ import logging
 import os
 import tempfile
 from itertools import chain
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tokenizers
