@@ -644,7 +644,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
               f"{corpus['bytes'] / 1e6:.1f} MB ({took})", flush=True)
         warm_page_cache(data)
         names = args.contenders if size == big else args.small_contenders
-        combos = [(c, w) for w in WORKERS for c in CONTENDERS if c in names]
+        combos = [(c, w) for w in WORKERS for c in CONTENDERS if c in names and f"{c}/{w}" not in args.skip]
         for r in range(args.rounds):
             for k in range(len(combos)):
                 contender, workers = combos[(k + r) % len(combos)]
@@ -678,7 +678,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                     "wordfreq": getattr(wordfreq, "__version__", None)},
         "settings": {"sizes_mb": list(args.sizes_mb), "workers": list(WORKERS), "rounds": args.rounds,
                      "seed": args.seed, "contenders": list(args.contenders),
-                     "small_contenders": list(args.small_contenders), "pss_interval_s": PSS_INTERVAL,
+                     "small_contenders": list(args.small_contenders), "skipped": sorted(args.skip), "pss_interval_s": PSS_INTERVAL,
                      "disk_interval_s": DISK_INTERVAL, "litdata_input_bytes": LIT_INPUT_BYTES,
                      "litdata_chunk_bytes": LIT_CHUNK_BYTES, "nanogpt_test_size": NANOGPT_TEST_SIZE,
                      "nanogpt_batches": NANOGPT_BATCHES},
@@ -758,6 +758,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="contenders at the largest size (default: all; 'zarrtok' always runs)")
     p.add_argument("--small-contenders", nargs="+", choices=CONTENDERS, default=None,
                    help="contenders at the smaller sizes (default: as --contenders); zarrtok's flatness needs only 'zarrtok'")
+    p.add_argument("--skip", nargs="+", default=[], metavar="CONTENDER/WORKERS",
+                   help="builds not to run, e.g. zarrtok-hf/1 (a shorter run on a busy machine); zarrtok/w always runs")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--json", default=DEFAULT_JSON, help=f"where to write the results (default {DEFAULT_JSON})")
     p.add_argument("--workdir", default=None,
@@ -766,6 +768,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.sizes_mb = sorted(args.sizes_mb or (QUICK_SIZES_MB if args.quick else FULL_SIZES_MB))
+    args.skip = {k for k in args.skip if not k.startswith("zarrtok/")}
     args.contenders = sorted(set(args.contenders) | {"zarrtok"}, key=CONTENDERS.index)
     args.small_contenders = sorted(set(args.small_contenders or args.contenders) | {"zarrtok"}, key=CONTENDERS.index)
     return args
