@@ -124,7 +124,13 @@ def build(
         dataset_name: a ``datasets.load_dataset`` path/name (``"json"``, ``"text"``, ``"parquet"``,
             ``"csv"``, a hub name, a local directory) or a ``Dataset`` / ``DatasetDict`` object.
         output: store location, a local path or an fsspec URL (with ``storage_options``).
-        dataset_config_name, data_dir, data_files, revision: passed to ``load_dataset``.
+        dataset_config_name, data_dir, data_files, revision: passed to ``load_dataset``. JSON Lines
+            (plain, ``.gz``, ``.zst``...) and Parquet ``data_files`` — local paths or fsspec URLs,
+            globs — are read directly instead (:mod:`zarrtok.ingest.jsonl`, :mod:`zarrtok.ingest.parquet`).
+        load_dataset_kwargs: more ``load_dataset`` arguments. ``storage_options`` here are the
+            *source* filesystem's (the direct readers use them too; credentials are never written to
+            the plan); ``streaming=True`` (or an ``IterableDataset``) builds in bounded memory
+            (:mod:`zarrtok.ingest.iterable`).
         tokenizer / tokenizer_name: a tokenizer instance, or a name/path for ``AutoTokenizer``.
         mapping_column_name / columns: text column(s); several are joined with ``column_separator``
             into one document per row. Default: ``"text"`` (or the only string column).
@@ -477,17 +483,29 @@ def _units(documents: Any, split: str, origin: dict[str, Any]):
     """The split's read units (plain dicts, in order) and ``pairs(a, b)``: the ``(source, row)`` of its
     documents ``[a, b)``."""
     bs = origin["batch_size"]
-    if origin["reader"]["kind"] == "jsonl":
+    if origin["reader"]["kind"] in ("jsonl", "parquet"):
         units, src_rows = [], []
         files = origin["file_index"]
         for block, rows in documents.tasks(split, bs):
-            units.append({"kind": "jsonl", "path": block.path, "start": block.start, "end": block.end,
-                          "first_line": block.first_line, "first_row": block.first_row, "num_rows": block.num_rows,
-                          "rows": None if rows is None else [int(r) for r in rows]})
+            if origin["reader"]["kind"] == "parquet":
+                unit = {"kind": "parquet", "path": block.path, "row_group": block.row_group, "bytes": block.bytes,
+                        "first_row": block.first_row, "num_rows": block.num_rows}
+            else:
+                unit = {"kind": "jsonl", "path": block.path, "start": block.start, "end": block.end,
+                        "first_line": block.first_line, "first_row": block.first_row, "num_rows": block.num_rows}
+                if block.compression is not None:
+                    unit["compression"] = block.compression
+            unit["rows"] = None if rows is None else [int(r) for r in rows]
+            units.append(unit)
             src, first = files[block.path]
             positions = np.arange(block.num_rows) if rows is None else np.asarray(rows)
             src_rows.append(np.stack([np.full(len(positions), src), block.first_row - first + positions], axis=1))
         table = np.concatenate(src_rows) if src_rows else np.zeros((0, 2), dtype=np.int64)
+    elif origin["reader"]["kind"] == "iterable":
+        units = [{"kind": "iterable", "split": s, "shard": i, "start": a, "stop": b}
+                 for s, i, a, b in documents.tasks(split, bs)]
+        n = documents.num_documents(split)  # units cover the split's rows in order
+        table = np.stack([np.full(n, documents.splits.index(split)), np.arange(n)], axis=1)
     else:
         units = [{"kind": "datasets", "split": s, "start": a, "stop": b} for s, a, b in documents.tasks(split, bs)]
         src, rows = origin["row_maps"][split]
@@ -498,12 +516,14 @@ def _units(documents: Any, split: str, origin: dict[str, Any]):
 
 def _estimates(documents: Any, split: str, units: list[dict[str, Any]], encoder: Any) -> list[float]:
     """Estimated tokens per unit: tokens per document of the split's head, weighted by each JSON
-    Lines block's bytes per row (the plan's only look at the data besides the block scan)."""
+    Lines block's (decompressed) bytes per row, or each Parquet row group's uncompressed text-column
+    bytes per row (the plan's only look at the data besides the block scan / the footers)."""
     head = documents.head(split, VERIFY_DOCUMENTS)
     per_doc = float(encoder.encode(head)[0].size) / len(head) if head else 0.0
-    if not units or units[0]["kind"] != "jsonl":
+    if not units or units[0]["kind"] not in ("jsonl", "parquet"):
         return [per_doc * _plan.unit_rows(u) for u in units]
-    density = [(u["end"] - u["start"]) / max(1, u["num_rows"]) for u in units]
+    density = [(u["bytes"] if u["kind"] == "parquet" else u["end"] - u["start"]) / max(1, u["num_rows"])
+               for u in units]
     rows = [_plan.unit_rows(u) for u in units]
     mean = sum(d * r for d, r in zip(density, rows)) / max(1, sum(rows))
     return [per_doc * r * (d / mean if mean else 1.0) for d, r in zip(density, rows)]
@@ -620,30 +640,67 @@ def _open_documents(dataset_name: Any, *, columns: Any, separator: str, dataset_
                     batch_size: int) -> tuple[Any, list[str], dict[str, Any], dict[str, Any]]:
     """The build's documents (split rules applied), its text columns, the source identity for the
     fingerprint, and where the documents come from (the plan's reader spec, provenance sources and
-    row maps): local JSON Lines files read directly when :func:`plan_json_lines` takes them,
-    ``datasets.load_dataset`` otherwise."""
-    jsonl_files = plan_json_lines(
-        dataset_name, data_files=data_files, columns=columns, dataset_config_name=dataset_config_name,
-        data_dir=data_dir, revision=revision, load_dataset_kwargs=load_dataset_kwargs, shuffle=shuffle,
-    )
+    row maps): JSON Lines and Parquet files (local or fsspec URLs, see
+    :mod:`zarrtok.ingest.file_sources`) read directly when :func:`plan_json_lines` /
+    :func:`~zarrtok.ingest.parquet.plan_parquet` take them, ``datasets.load_dataset`` otherwise.
+    The source filesystem's options are ``load_dataset_kwargs["storage_options"]``."""
+    from . import file_sources
+    from .jsonl import source_options
+    from .parquet import ParquetDocuments, plan_parquet
+
+    call = dict(data_files=data_files, columns=columns, dataset_config_name=dataset_config_name, data_dir=data_dir,
+                revision=revision, load_dataset_kwargs=load_dataset_kwargs, shuffle=shuffle)
+    rules = dict(validation_split=validation_split, test_split=test_split, seed=seed, splits=splits)
+    direct = None
+    jsonl_files = plan_json_lines(dataset_name, **call)
     if jsonl_files is not None:
         text_columns = ["text"] if columns is None else [columns] if isinstance(columns, str) else list(columns)
         if not text_columns:
             raise ValueError("columns must name at least one text column")
-        documents = JsonLinesDocuments.open(
-            jsonl_files, columns=text_columns, separator=separator, validation_split=validation_split,
-            test_split=test_split, seed=seed, splits=splits, batch_size=batch_size,
-        )
+        options = source_options(load_dataset_kwargs)
+        documents = JsonLinesDocuments.open(jsonl_files, columns=text_columns, separator=separator, **rules,
+                                            batch_size=batch_size, storage_options=options)
         logger.info("reading %d JSON Lines file(s) directly (no Arrow cache)", sum(len(v) for v in jsonl_files.values()))
+        direct = ("jsonl", documents, [(p, [b.first_row for b in s.blocks if b.path == p])
+                                       for s in documents._source.values() for p in s.files])
+    else:
+        planned = plan_parquet(dataset_name, **call)
+        if planned is not None:
+            parquet_files, text_columns = planned
+            options = source_options(load_dataset_kwargs)
+            documents = ParquetDocuments.open(parquet_files, columns=text_columns, separator=separator, **rules,
+                                              storage_options=options)
+            logger.info("reading %d Parquet file(s) directly, by row group (no Arrow cache)",
+                        sum(len(v) for v in parquet_files.values()))
+            direct = ("parquet", documents, [(p, [g.first_row for g in s.groups if g.path == p])
+                                             for s in documents._source.values() for p in s.files])
+    if direct is not None:
+        kind, documents, per_file = direct
         sources, file_index = [], {}
-        for split_source in documents._source.values():
-            for path in split_source.files:
-                first = min((b.first_row for b in split_source.blocks if b.path == path), default=0)
-                file_index[path] = (len(sources), first)
-                sources.append({"kind": "jsonl", "path": path})
-        origin = {"reader": {"kind": "jsonl", "columns": text_columns, "separator": separator},
+        for path, firsts in per_file:
+            file_index[path] = (len(sources), min(firsts, default=0))
+            sources.append({"kind": kind, "path": path})
+        origin = {"reader": {"kind": kind, "columns": text_columns, "separator": separator,
+                             "storage_options": file_sources.plan_options(documents.storage_options)},
                   "sources": sources, "file_index": file_index, "batch_size": batch_size}
         return documents, text_columns, documents.identity(data_files), origin
+    from . import iterable
+
+    if iterable.is_streaming(dataset_name, load_dataset_kwargs):
+        where = dict(dataset_config_name=dataset_config_name, data_dir=data_dir, data_files=data_files,
+                     revision=revision)
+        documents = iterable.IterableDocuments.open(
+            iterable.load_iterable(dataset_name, **where, load_dataset_kwargs=load_dataset_kwargs), columns=columns,
+            separator=separator, validation_split=validation_split, test_split=test_split, seed=seed,
+            shuffle=shuffle, splits=splits)
+        label = os.fspath(dataset_name) if isinstance(dataset_name, (str, os.PathLike)) else type(dataset_name).__name__
+        sources = [{"kind": "iterable", "name": label, "config": dataset_config_name, "split": n}
+                   for n in documents.splits]
+        origin = {"reader": {"kind": "iterable", "columns": documents.columns, "separator": separator,
+                             "load": iterable.load_spec(dataset_name, **where, load_dataset_kwargs=load_dataset_kwargs),
+                             "shards": {n: len(documents.counts[n]) for n in documents.splits}},
+                  "sources": sources, "batch_size": batch_size}
+        return documents, documents.columns, documents.identity(dataset_name, **where), origin
     source = load_source(
         dataset_name, dataset_config_name=dataset_config_name, data_dir=data_dir, data_files=data_files,
         revision=revision, load_dataset_kwargs=load_dataset_kwargs,

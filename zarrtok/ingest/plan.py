@@ -373,15 +373,18 @@ def release_writer(staging: Any) -> None:
 
 
 # -- cutting splits into shard tasks ---------------------------------------------------------------------
+_ROW_UNITS = ("jsonl", "parquet")  # units of a file's rows: a count and an optional row selection
+
+
 def unit_rows(unit: dict[str, Any]) -> int:
-    if unit["kind"] == "jsonl":
+    if unit["kind"] in _ROW_UNITS:
         return len(unit["rows"]) if unit["rows"] is not None else unit["num_rows"]
     return unit["stop"] - unit["start"]
 
 
 def slice_unit(unit: dict[str, Any], a: int, b: int) -> dict[str, Any]:
     """Rows ``[a, b)`` of a unit (positions among its rows)."""
-    if unit["kind"] == "jsonl":
+    if unit["kind"] in _ROW_UNITS:
         rows = unit["rows"] if unit["rows"] is not None else list(range(unit["num_rows"]))
         part = rows[a:b]
         return {**unit, "rows": None if (a == 0 and b >= unit_rows(unit) and unit["rows"] is None) else part}
@@ -461,24 +464,52 @@ def encoder_kind(encoder: Any) -> str:
 
 
 class UnitReader:
-    """Reads the documents of a plan's units: JSON Lines blocks directly, ``datasets`` rows from the
-    driver's documents (in-process / forked pool) or from ``load_dataset`` run again on the worker."""
+    """Reads the documents of a plan's units: JSON Lines blocks and Parquet row groups directly (with
+    the driver's reader when this process has it, which holds the source's full storage options;
+    else one built from the plan, whose options carry no credentials: see
+    :mod:`zarrtok.ingest.file_sources`), ``datasets`` rows from the driver's documents (in-process /
+    forked pool) or from ``load_dataset`` run again on the worker."""
 
     def __init__(self, data: dict[str, Any], documents: Any = None):
         self.spec = data["reader"]
         self.documents = documents
-        self._jsonl = None
+        self._direct = None
+
+    def _reader(self, kind: str):
+        if self._direct is None:
+            if getattr(self.documents, "reader", None) == f"zarrtok-{kind}":  # the driver's reader (fork)
+                self._direct = self.documents
+            elif kind == "parquet":
+                from .parquet import ParquetDocuments
+
+                self._direct = ParquetDocuments({}, {}, list(self.spec["columns"]), self.spec["separator"],
+                                                self.spec.get("storage_options"))
+            else:
+                from .jsonl import JsonLinesDocuments
+
+                self._direct = JsonLinesDocuments({}, {}, list(self.spec["columns"]), self.spec["separator"],
+                                                  self.spec.get("storage_options"))
+        return self._direct
 
     def texts(self, unit: dict[str, Any]) -> list[str]:
+        rows = None if unit.get("rows") is None else np.asarray(unit["rows"], dtype=np.int64)
         if unit["kind"] == "jsonl":
-            from .jsonl import Block, JsonLinesDocuments
+            from .jsonl import Block
 
-            if self._jsonl is None:
-                self._jsonl = JsonLinesDocuments({}, {}, list(self.spec["columns"]), self.spec["separator"])
             block = Block(unit["path"], unit["start"], unit["end"], unit["first_line"], unit["first_row"],
-                          unit["num_rows"])
-            rows = None if unit["rows"] is None else np.asarray(unit["rows"], dtype=np.int64)
-            return self._jsonl.texts((block, rows))
+                          unit["num_rows"], unit.get("compression"))
+            return self._reader("jsonl").texts((block, rows))
+        if unit["kind"] == "parquet":
+            from .parquet import RowGroup
+
+            group = RowGroup(unit["path"], unit["row_group"], unit["first_row"], unit["num_rows"], unit["bytes"])
+            return self._reader("parquet").texts((group, rows))
+        if unit["kind"] == "iterable":
+            from .iterable import IterableDocuments, from_spec
+
+            if not isinstance(self.documents, IterableDocuments):
+                self.documents = from_spec(self.spec)
+            return self.documents.texts((unit["split"], unit["shard"], unit["start"], unit["stop"]))
         if self.documents is None:
             self.documents = _load_dataset_documents(self.spec)
         return self.documents.texts((unit["split"], unit["start"], unit["stop"]))
