@@ -121,7 +121,8 @@ class Manifest:
     created: str = ""
     generation: str = ""  # unique per build/overwrite ("" in format-1 stores)
     #: the sources documents came from (``ShardInfo.provenance`` indexes this list), e.g.
-    #: ``{"kind": "jsonl", "path": "/data/a.jsonl"}`` or ``{"kind": "datasets", "name": ..., "split": "train"}``
+    #: ``{"kind": "jsonl", "path": "/data/a.jsonl"}``, ``{"kind": "parquet", ...}``, ``{"kind": "iterable", ...}`` or
+    #: ``{"kind": "datasets", "name": ..., "split": "train"}`` (docs/format.md lists their fields)
     sources: list[dict[str, Any]] = field(default_factory=list)
     #: what happened to the store over time (build, append), oldest first
     history: list[dict[str, Any]] = field(default_factory=list)
