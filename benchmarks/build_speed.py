@@ -401,6 +401,8 @@ def print_stages(report: dict[str, Any]) -> None:
     print(f"\n{'stage (one process, whole corpus, seconds)':<44}" + "".join(f"{n:>10}" for n in names))
     for stage in STAGE_NAMES:
         print(f"{stage:<44}" + "".join(f"{runs[n]['stages'][stage]:10.2f}" for n in names))
+    rest = {n: runs[n]["build, 1 worker(s)"]["seconds"] - sum(runs[n]["stages"][k] for k in STAGE_NAMES) for n in names}
+    print(f"{'rest of a 1-worker build (scan, verify, plan...)':<44}" + "".join(f"{rest[n]:10.2f}" for n in names))
     for w in (1, 2):
         key = f"build, {w} worker(s)"
         print(f"{'end to end, ' + str(w) + ' worker(s)':<44}" + "".join(f"{runs[n][key]['seconds']:10.2f}" for n in names)
