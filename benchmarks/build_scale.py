@@ -558,9 +558,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     out["task_rounds"] = [r["task_phase_tokens_per_second"] for r in runs]
     out["task_phase_tokens_per_second"] = statistics.median(out["task_rounds"])
     out["load_average"] = [r["load_average"] for r in runs]
-    for k in ("peak_rss_per_worker_mb", "peak_uss_per_worker_mb", "driver_io_over_token_bytes",
-              "task_results_over_token_bytes", "driver_io_bytes_task_phase", "task_result_bytes"):
+    for k in ("driver_io_over_token_bytes", "task_results_over_token_bytes", "driver_io_bytes_task_phase",
+              "task_result_bytes"):
         out[k] = max(r[k] for r in runs)
+    # memory: the first round's (a fresh Dask cluster; later rounds' workers also hold the cached plan
+    # contexts of the earlier rounds' builds, plan._CONTEXT, which grows by one per plan key)
+    first = min(runs, key=lambda r: r.get("round", 0))
+    for k in ("peak_rss_per_worker_mb", "peak_uss_per_worker_mb"):
+        out[k] = first[k]
+        out[f"{k}_rounds"] = [r[k] for r in runs]
     return out
 
 
@@ -609,8 +615,10 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                     k = f"peak_{mem}_per_worker_mb"
                     flat = z[k] / a[k]
                     out.append(row(SUITE, f"{kind} {max(WORKERS)}w: peak {mem.upper()} per worker {big} MB / {small} MB "
-                                   "(flat)", flat, reference=f"{small} MB", target=f"<= {TARGET_FLAT}x",
-                                   ok=flat <= TARGET_FLAT, conditions=conditions(report, peak_mb=[a[k], z[k]])))
+                                   "(flat, first rounds)", flat, reference=f"{small} MB", target=f"<= {TARGET_FLAT}x",
+                                   ok=flat <= TARGET_FLAT,
+                                   conditions=conditions(report, peak_mb=[a[k], z[k]],
+                                                         rounds_mb=[a[f"{k}_rounds"], z[f"{k}_rounds"]])))
     for size, kind, w in combos:
         r = get(size, kind, w)
         if size != sizes[-1] and kind != "inprocess" or w != max(WORKERS) and kind != "inprocess":
