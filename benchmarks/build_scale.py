@@ -3,7 +3,7 @@ worker as the corpus grows, what the driver moves, and the commit / open cost as
 
 Run from the repository root::
 
-    python -m benchmarks.build_scale --full     # 250 MB + 1 GB corpora; 10 / 100 / 1,000 shards (~15 minutes)
+    python -m benchmarks.build_scale --full     # 250 MB + 1 GB corpora, 3 rounds; 10 / 100 / 1,000 shards (~17 minutes)
     python -m benchmarks.build_scale --quick    # 2 MB + 8 MB; 10 / 100 shards: a smoke run (~1-2 minutes)
 
 Method
@@ -14,21 +14,30 @@ Method
    boundary past it). Every build uses ``encoder="auto"`` (gigatoken, when it verifies), the
    default chunk size and ``shard_size=--shard-tokens`` (so a 250 MB corpus is ~15 shard tasks and
    1 GB ~60: a worker's share of the work is whole shards).
-2. **Contenders** (same corpus, same arguments, one round each, order rotated per size):
+2. **Contenders** (same corpus, same arguments, ``--rounds`` rounds, 3 by default with ``--full``,
+   order rotated per round, a fresh output and so a fresh plan key per round):
    ``inprocess`` (``executor="inprocess"``), ``pool`` (``executor="pool", num_workers=w``: forked
    workers, :func:`zarrtok.ingest.executors._run_pool`) and ``dask`` (``executor=client`` of a
    ``distributed.LocalCluster(n_workers=w, threads_per_worker=1, processes=True)`` on 127.0.0.1,
    started before the clock and closed after the size; its start-up is reported apart), ``w`` = 1
-   and 2. tokens/s = tokens of the store / wall seconds of ``zarrtok.build`` (planning, encoder
-   verification, tasks, commit). The headline is Dask / pool at equal workers.
-3. **Peak memory per worker**: a thread samples the RSS (``psutil``) of every worker process every
-   50 ms: the driver's children for the pool, the pids ``client.run(os.getpid)`` names for Dask,
-   the driver for in-process. The row is the largest per-process peak; flat = the 1 GB corpus's
-   over the 250 MB corpus's.
+   and 2 (their imports warmed before the clock too). tokens/s = tokens of the store / wall seconds
+   of ``zarrtok.build`` (planning, encoder verification, tasks, commit), and task-phase tokens/s
+   (``run_plan`` alone: the part that scales out). The headline is Dask / pool at equal workers
+   (medians of the rounds). Past the first size only the 2-worker pool and Dask run (the memory
+   comparison), unless ``--all-contenders-every-size``. ``plan_build`` is also timed alone at each
+   size, and the size of its ``plan.json`` recorded.
+3. **Peak memory per worker**: a thread samples the RSS and USS (``psutil``) of every worker
+   process every 100 ms: the driver's new children for the pool, the pids ``client.run(os.getpid)``
+   names for Dask, the driver for in-process. The row is the largest per-process peak of the first
+   round (later rounds' Dask workers also hold the earlier builds' cached plans); flat = the 1 GB
+   corpus's over the 250 MB corpus's.
 4. **Bytes through the driver**: ``builder.run_plan`` (the task phase only: no planning, no commit)
-   is wrapped to read the driver's ``/proc/self/io`` ``rchar`` + ``wchar`` (every byte any thread
-   of the driver read or wrote through a syscall: files, pipes, sockets) before and after, and to
-   pickle what the tasks returned (the ledger records). Both over the store's token bytes.
+   is wrapped to read ``rchar`` + ``wchar`` of each of the driver's threads
+   (``/proc/self/task/<tid>/io``: every byte read or written through a syscall: files, pipes,
+   sockets; the memory samplers' threads left out) before and after, and to pickle what the tasks
+   returned (the ledger records). Both over the store's token bytes. (The process-level
+   ``/proc/self/io`` also holds the I/O of reaped children — the kernel adds it at ``wait`` — so the
+   pool's workers would count as the driver's; it is recorded apart.)
 5. **Many shards**: a small corpus (the base file's first ``--shard-docs`` documents) built with
    ``shard_size`` = its tokens / N, for N = 10, 100 (and 1,000 with ``--full``), into a local
    directory and into a bucket of moto's S3 server on loopback
@@ -37,7 +46,11 @@ Method
    counted), ``commit_build`` (timed; requests counted), then in a fresh interpreter ``zarrtok.open``
    + ``dataset("train", L)`` + the first window (timed after imports; S3 requests counted), with
    ``L`` under one shard's tokens so the first window is one shard's. Manifest bytes = the root
-   ``zarr.json``.
+   ``zarr.json``. S3 stores of more than ``--direct-s3-shards`` (100) shards have their tasks run by
+   the same ``run_task`` into a local mirror and the shards and ledger records uploaded (moto in this
+   process serves ~100 requests/s: 89 requests per shard task would take 15 minutes at 1,000); the
+   per-shard request counts come from the direct runs, the commit and the open are measured on the
+   bucket either way.
 6. The load averages before and after every section are recorded next to its numbers.
 """
 
