@@ -14,7 +14,6 @@ import uuid
 import pytest
 
 import zarrtok
-from zarrtok.errors import StoreExistsError
 from zarrtok.ingest import plan as planmod
 
 from ._helpers import KW, assert_same, build, corpus
@@ -51,11 +50,6 @@ def _killed_remote_build(s3, files, tokenizer_dir):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(False, strict=True, raises=StoreExistsError, reason=(
-    "remote resume is not implemented: builder._prepare only adopts a *local* staging directory "
-    "(plan.adopt_staging returns None for object stores); the rerun's _reuse_or_clear inspects the "
-    "'building' root, calls it an unusable store and raises StoreExistsError (with overwrite=True it "
-    "would clear the store and re-encode everything). See the scale-out report for the fix."))
 def test_killed_remote_driver_resumes_without_re_encoding(setup, s3, tokenizer_dir, monkeypatch):
     _, files, ref = setup
     bucket, url = _killed_remote_build(s3, files, tokenizer_dir)

@@ -92,14 +92,14 @@ def _install_slow_task(marker: str, victim: int) -> int:
     if not getattr(real, "_slow_hook", False):
         def slow(data, index, staging, **kw):
             if index == victim:
-                try:
-                    fd = os.open(marker + ".tmp", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                try:  # the claim file stays: only the first attempt of the task sleeps
+                    os.close(os.open(marker + ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 except FileExistsError:
                     pass  # the rerun, or another worker got there first
                 else:
-                    os.write(fd, str(os.getpid()).encode())
-                    os.close(fd)
-                    os.rename(marker + ".tmp", marker)
+                    with open(marker + ".tmp", "w") as f:
+                        f.write(str(os.getpid()))
+                    os.rename(marker + ".tmp", marker)  # the pid appears whole
                     time.sleep(60)  # killed here
             return real(data, index, staging, **kw)
 
@@ -144,4 +144,4 @@ def test_dask_worker_killed_mid_task(setup, tmp_path, tokenizer_dir):
             time.sleep(0.1)
         assert killed["pid"] not in set(client.run(os.getpid).values())
     assert_same(store, ref)
-    assert sorted(os.listdir(tmp_path)) == ["d", "victim-pid"]  # no staging / build area left
+    assert sorted(os.listdir(tmp_path)) == ["d", "victim-pid", "victim-pid.claimed"]  # no staging / area left
