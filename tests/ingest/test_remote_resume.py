@@ -79,3 +79,18 @@ def test_killed_remote_driver_resumes_without_re_encoding(setup, s3, tokenizer_d
     assert_same(zarrtok.open(url, storage_options=s3.storage_options), ref)
     keys = s3.list_keys(bucket)
     assert not any("zarrtok-build" in k or "zarrtok-lock" in k for k in keys)  # area and lock gone
+
+
+def test_dask_workers_forget_a_stale_plan_of_the_same_key(monkeypatch):
+    """Long-lived Dask workers cache a plan by its key (``plan._CONTEXT``; the key of an object-store
+    build is in its area's name); a rebuild with the same key has a new generation, and ``_run_dask``
+    first has every worker drop a cached plan of another generation (else the workers ran the old
+    plan: shard ids of the previous generation, checked by hand with a LocalCluster and moto)."""
+    from zarrtok.ingest import executors
+
+    monkeypatch.setattr(planmod, "_CONTEXT", {"k1": ({"manifest": {"generation": "old"}}, None, None),
+                                              "k2": ({"manifest": {"generation": "other"}}, None, None)})
+    executors._forget_stale_plan("k1", "old")
+    assert "k1" in planmod._CONTEXT  # the same build: kept
+    executors._forget_stale_plan("k1", "new")
+    assert "k1" not in planmod._CONTEXT and "k2" in planmod._CONTEXT  # only that key's stale plan goes

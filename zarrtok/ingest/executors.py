@@ -90,6 +90,9 @@ def _run_dask(plan, pending, scheduler: Any, update: Callable[[int], Any]) -> li
     own = not _is_dask_client(scheduler)
     client = Client(scheduler) if own else scheduler
     try:
+        # long-lived workers cache a plan by its key (plan._CONTEXT): a rebuild with the same key (same
+        # source, target and layout, a new generation) must not run the previous build's plan
+        client.run(_forget_stale_plan, plan.key, plan.data["manifest"]["generation"], on_error="ignore")
         area, staging, _, opts = _args(plan, 0)
         futures = client.map(_plan.run_task_from_area, [area] * len(pending), [staging] * len(pending), pending,
                              [opts] * len(pending), retries=DASK_RETRIES, pure=False,
@@ -102,6 +105,13 @@ def _run_dask(plan, pending, scheduler: Any, update: Callable[[int], Any]) -> li
     finally:
         if own:
             client.close()
+
+
+def _forget_stale_plan(key: str, generation: str) -> None:
+    """On a Dask worker: drop the cached context of plan ``key`` if it is another build's (generation)."""
+    ctx = _plan._CONTEXT.get(key)
+    if ctx is not None and ctx[0].get("manifest", {}).get("generation") != generation:
+        _plan._CONTEXT.pop(key, None)
 
 
 class WorkerDiedError(RuntimeError):
