@@ -4,7 +4,7 @@ worker as the corpus grows, what the driver moves, and the commit / open cost as
 Run from the repository root::
 
     python -m benchmarks.build_scale --full     # 250 MB + 1 GB corpora, 3 rounds; 10 / 100 / 1,000 shards (~17 minutes)
-    python -m benchmarks.build_scale --quick    # 2 MB + 8 MB; 10 / 100 shards: a smoke run (~1-2 minutes)
+    python -m benchmarks.build_scale --quick    # 2 MB + 8 MB; 10 / 100 shards: a smoke run (~2 minutes)
 
 Method
 ------
@@ -47,7 +47,8 @@ Method
    + ``dataset("train", L)`` + the first window (timed after imports; S3 requests counted), with
    ``L`` under one shard's tokens so the first window is one shard's. Manifest bytes = the root
    ``zarr.json``. S3 stores of more than ``--direct-s3-shards`` (100) shards have their tasks run by
-   the same ``run_task`` into a local mirror and the shards and ledger records uploaded (moto in this
+   the same ``run_task`` into a local mirror and the shards and ledger records uploaded (10 with
+   ``--quick``; moto in this
    process serves ~100 requests/s: 89 requests per shard task would take 15 minutes at 1,000); the
    per-shard request counts come from the direct runs, the commit and the open are measured on the
    bucket either way.
@@ -702,13 +703,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-build", action="store_true", help="only the many-shard section")
     p.add_argument("--plan-time-only", action="store_true", help="only plan_build's time at each size (no builds)")
     p.add_argument("--skip-shards", action="store_true", help="no many-shard section")
-    p.add_argument("--direct-s3-shards", type=int, default=100,
-                   help="S3 stores of more shards are written locally by the tasks and uploaded (moto is slow)")
+    p.add_argument("--direct-s3-shards", type=int, default=None,
+                   help="S3 stores of more shards are written locally by the tasks and uploaded (moto is slow; "
+                        "default 100, 10 with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of every build (default: 1 quick, 3 full)")
     p.add_argument("--json", default=DEFAULT_JSON)
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
+    args.direct_s3_shards = args.direct_s3_shards or (10 if args.quick else 100)
     args.base_tokens = args.base_tokens or (300_000 if args.quick else 5_000_000)
     args.shard_tokens = args.shard_tokens or (50_000 if args.quick else 4_000_000)
     args.shard_docs = args.shard_docs or (1_000 if args.quick else 6_000)
