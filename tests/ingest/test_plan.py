@@ -117,3 +117,39 @@ def test_cli_task_array(tmp_path, files, tokenizer_dir, reference, capsys):
     capsys.readouterr()
     assert main(["commit", out, "--json"]) == 0
     assert_same(zarrtok.open(out), reference)
+
+
+def test_remote_ledger_is_read_in_one_round(s3):
+    """The commit's ledger read on an object store: one listing, then every record in one concurrent
+    round (the records come back complete and by index)."""
+    import uuid
+
+    from zarrtok.storage.location import Location
+
+    area = Location(f"s3://{s3.make_bucket(f'ledger-{uuid.uuid4().hex[:10]}')}/.store.zarrtok-build-0123456789ab",
+                    s3.storage_options)
+    records = {k: {"index": k, "name": f"{k:06d}", "pad": "x" * (k % 7)} for k in range(60)}
+    for k, rec in records.items():
+        planmod.put_object(area, f"{planmod.LEDGER}/{k}.json", json.dumps(rec).encode())
+    planmod.put_object(area, f"{planmod.LEDGER}/notes.txt", b"ignored")
+    s3.settle()
+    s3.reset_log()
+    assert planmod.read_ledger(area) == records
+    s3.settle()
+    gets = [r for r in s3.requests if r.method == "GET" and "/done/" in r.path]
+    assert len(gets) == 60  # each record once, nothing re-read
+
+
+def test_worker_plan_cache_is_bounded():
+    """Long-lived workers keep only the newest plans' contexts."""
+    saved = dict(planmod._CONTEXT)
+    try:
+        planmod._CONTEXT.clear()
+        for k in range(5):
+            planmod._remember(f"key{k}", ({"key": f"key{k}"}, None, None))
+        assert list(planmod._CONTEXT) == ["key3", "key4"]
+        planmod._remember("key3", ({"key": "key3"}, None, None))  # re-used: becomes the newest
+        assert list(planmod._CONTEXT) == ["key4", "key3"]
+    finally:
+        planmod._CONTEXT.clear()
+        planmod._CONTEXT.update(saved)
