@@ -42,7 +42,6 @@ import time
 from typing import Any
 
 from ..errors import StoreExistsError
-from ..format.fingerprint import appended_fingerprint
 from ..format import (
     ATTRIBUTE_KEY,
     SPLITS_GROUP,
@@ -53,6 +52,7 @@ from ..format import (
     new_id,
     shard_path,
 )
+from ..format.fingerprint import appended_fingerprint
 from ..storage.commit import COMPLETE, CommitConflictError, Staging, inspect, writer_alive, writer_info
 from ..storage.location import Location
 from ..storage.manifest_io import read_manifest

@@ -661,8 +661,7 @@ def _open_documents(dataset_name: Any, *, columns: Any, separator: str, dataset_
         documents = JsonLinesDocuments.open(jsonl_files, columns=text_columns, separator=separator, **rules,
                                             batch_size=batch_size, storage_options=options)
         logger.info("reading %d JSON Lines file(s) directly (no Arrow cache)", sum(len(v) for v in jsonl_files.values()))
-        direct = ("jsonl", documents, [(p, [b.first_row for b in s.blocks if b.path == p])
-                                       for s in documents._source.values() for p in s.files])
+        direct = ("jsonl", documents)
     else:
         planned = plan_parquet(dataset_name, **call)
         if planned is not None:
@@ -672,13 +671,12 @@ def _open_documents(dataset_name: Any, *, columns: Any, separator: str, dataset_
                                               storage_options=options)
             logger.info("reading %d Parquet file(s) directly, by row group (no Arrow cache)",
                         sum(len(v) for v in parquet_files.values()))
-            direct = ("parquet", documents, [(p, [g.first_row for g in s.groups if g.path == p])
-                                             for s in documents._source.values() for p in s.files])
+            direct = ("parquet", documents)
     if direct is not None:
-        kind, documents, per_file = direct
+        kind, documents = direct
         sources, file_index = [], {}
-        for path, firsts in per_file:
-            file_index[path] = (len(sources), min(firsts, default=0))
+        for path, first in documents.file_first_rows():
+            file_index[path] = (len(sources), first)
             sources.append({"kind": kind, "path": path})
         origin = {"reader": {"kind": kind, "columns": text_columns, "separator": separator,
                              "storage_options": file_sources.plan_options(documents.storage_options)},

@@ -47,7 +47,7 @@ import numpy as np
 from . import file_sources
 from .json_parse import BLANK as _BLANK
 from .json_parse import LineParser, count_rows
-from .sources import _jsonable, split_rules
+from .row_units import RowUnitDocuments, SourceSplit, select_splits
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,6 @@ class Block:
     num_rows: int
     compression: str | None = None  # "gzip", "zstd", ...: start/end are offsets into the decompressed bytes
 
-
-@dataclass
-class _SourceSplit:
-    files: list[str]
-    blocks: list[Block]
-    num_rows: int
 
 
 def _split_spec(data_files: Any) -> dict[str, list[str]] | None:
@@ -251,26 +245,24 @@ def scan_file(path: str, first_row: int, block_bytes: int = BLOCK_BYTES, block_r
     return blocks
 
 
-class JsonLinesDocuments:
+class JsonLinesDocuments(RowUnitDocuments):
     """Documents of JSON Lines files (local or URLs, plain or compressed) per build split, read block
     by block in worker tasks.
 
-    The interface the build uses (shared with :class:`zarrtok.sources.DatasetDocuments`):
-    ``splits``, ``num_documents(split)``, ``tasks(split, batch_size)``, ``texts(task)`` and
-    ``head(split, n)``. Tasks are small picklable tuples; ``texts`` runs in worker processes.
-    ``storage_options`` are the source filesystem's (full, credentials included: this object lives
-    on the driver and in processes forked from it; plans get :func:`file_sources.plan_options`).
+    The interface the build uses (:class:`~zarrtok.ingest.row_units.RowUnitDocuments`, shared with
+    :class:`zarrtok.sources.DatasetDocuments`): ``splits``, ``num_documents(split)``,
+    ``tasks(split, batch_size)``, ``texts(task)`` and ``head(split, n)``. Tasks are small picklable
+    tuples; ``texts`` runs in worker processes. ``storage_options`` are the source filesystem's
+    (full, credentials included: this object lives on the driver and in processes forked from it;
+    plans get :func:`file_sources.plan_options`).
     """
 
     reader = "zarrtok-jsonl"
+    dataset_path = "json"
 
-    def __init__(self, source: dict[str, _SourceSplit], selection: dict[str, tuple[str, np.ndarray | None]],
+    def __init__(self, source: dict[str, SourceSplit], selection: dict[str, tuple[str, np.ndarray | None]],
                  columns: list[str], separator: str, storage_options: dict[str, Any] | None = None):
-        self._source = source
-        self._selection = selection  # build split -> (source split, sorted row indices or None for all)
-        self.columns = columns
-        self.separator = separator
-        self.storage_options = dict(storage_options or {})
+        super().__init__(source, selection, columns, separator, storage_options)
         self._parser = LineParser(columns, separator)
         self._stream: tuple[str, int, Any] | None = None  # (path, decompressed position, open stream)
 
@@ -285,45 +277,17 @@ class JsonLinesDocuments:
              block_bytes: int = BLOCK_BYTES, storage_options: dict[str, Any] | None = None) -> JsonLinesDocuments:
         """Scan the files into blocks (tasks) of at most ``block_bytes`` and ``batch_size`` rows, and
         apply the split rules of :mod:`zarrtok.sources` (without ``shuffle``)."""
-        source: dict[str, _SourceSplit] = {}
+        source: dict[str, SourceSplit] = {}
         for split, paths in files.items():
             blocks: list[Block] = []
             for path in paths:
                 first_row = blocks[-1].first_row + blocks[-1].num_rows if blocks else 0
                 blocks += scan_file(path, first_row, block_bytes, batch_size, storage_options)
-            source[split] = _SourceSplit(paths, blocks, blocks[-1].first_row + blocks[-1].num_rows if blocks else 0)
+            source[split] = SourceSplit(paths, blocks, blocks[-1].first_row + blocks[-1].num_rows if blocks else 0)
 
-        def size(part: tuple[str, np.ndarray | None]) -> int:
-            return source[part[0]].num_rows if part[1] is None else len(part[1])
-
-        def select(part: tuple[str, np.ndarray | None], positions: np.ndarray) -> tuple[str, np.ndarray]:
-            return part[0], positions if part[1] is None else part[1][positions]
-
-        selection = split_rules({name: (name, None) for name in source}, size=size, select=select,
-                                validation_split=validation_split, test_split=test_split, seed=seed, splits=splits)
+        selection = select_splits(source, validation_split=validation_split, test_split=test_split, seed=seed,
+                                  splits=splits)
         return cls(source, selection, columns, separator, storage_options)
-
-    @property
-    def splits(self) -> list[str]:
-        return list(self._selection)
-
-    def num_documents(self, split: str) -> int:
-        source_split, rows = self._selection[split]
-        return self._source[source_split].num_rows if rows is None else len(rows)
-
-    def tasks(self, split: str, batch_size: int) -> list[tuple[Block, np.ndarray | None]]:
-        """One task per block holding rows of ``split`` (blocks were cut to ``batch_size`` rows by :meth:`open`)."""
-        source_split, rows = self._selection[split]
-        tasks = []
-        for block in self._source[source_split].blocks:
-            if rows is None:
-                if block.num_rows:
-                    tasks.append((block, None))
-                continue
-            lo, hi = np.searchsorted(rows, [block.first_row, block.first_row + block.num_rows])
-            if hi > lo:
-                tasks.append((block, rows[lo:hi] - block.first_row))
-        return tasks
 
     def read_block(self, block: Block) -> bytes:
         """The block's bytes: a ranged read, or for a compressed file the decompressed stream advanced
@@ -375,27 +339,3 @@ class JsonLinesDocuments:
 
     def _document(self, line: bytes, path: str, number: int) -> str:
         return self._parser.json_document(line, path, number)
-
-    def head(self, split: str, n: int) -> list[str]:
-        """The first ``n`` documents of ``split`` (for verifying an encoder before the build)."""
-        texts: list[str] = []
-        for task in self.tasks(split, n):
-            texts += self.texts(task)
-            if len(texts) >= n:
-                break
-        self.close()
-        return texts[:n]
-
-    def files(self) -> list[str]:
-        return [p for s in self._source.values() for p in s.files]
-
-    def identity(self, data_files: Any) -> dict[str, Any]:
-        """What the fingerprint records about the source (the files' sizes and version markers)."""
-        return {
-            "kind": "load_dataset",
-            "path": "json",
-            "reader": self.reader,
-            "data_files": _jsonable(data_files),
-            "files": file_sources.identity(self.files(), self.storage_options),
-            "split_sizes": {name: self.num_documents(name) for name in self._selection},
-        }

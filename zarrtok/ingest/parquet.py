@@ -27,7 +27,8 @@ import numpy as np
 
 from . import file_sources
 from .jsonl import _split_spec, source_options
-from .sources import _jsonable, document_texts, split_rules
+from .row_units import RowUnitDocuments, SourceSplit, select_splits
+from .sources import document_texts
 
 logger = logging.getLogger(__name__)
 
@@ -118,26 +119,17 @@ def plan_parquet(dataset: Any, *, data_files: Any, columns: str | Sequence[str] 
     return result, text
 
 
-@dataclass
-class _SourceSplit:
-    files: list[str]
-    groups: list[RowGroup]
-    num_rows: int
 
-
-class ParquetDocuments:
-    """Documents of Parquet files per build split, one row group per task (same interface as
-    :class:`zarrtok.ingest.jsonl.JsonLinesDocuments`)."""
+class ParquetDocuments(RowUnitDocuments):
+    """Documents of Parquet files per build split, one row group per task (the interface of
+    :class:`~zarrtok.ingest.row_units.RowUnitDocuments`)."""
 
     reader = "zarrtok-parquet"
+    dataset_path = "parquet"
 
-    def __init__(self, source: dict[str, _SourceSplit], selection: dict[str, tuple[str, np.ndarray | None]],
+    def __init__(self, source: dict[str, SourceSplit], selection: dict[str, tuple[str, np.ndarray | None]],
                  columns: list[str], separator: str, storage_options: dict[str, Any] | None = None):
-        self._source = source
-        self._selection = selection
-        self.columns = columns
-        self.separator = separator
-        self.storage_options = dict(storage_options or {})
+        super().__init__(source, selection, columns, separator, storage_options)
         self._file: tuple[str, Any, Any] | None = None  # (path, ParquetFile, raw file) of the last group read
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,7 +142,7 @@ class ParquetDocuments:
              test_split: float | None, seed: int, splits: Sequence[str] | None,
              storage_options: dict[str, Any] | None = None) -> ParquetDocuments:
         """Read the footers into row groups (tasks) and apply the split rules of :mod:`zarrtok.sources`."""
-        source: dict[str, _SourceSplit] = {}
+        source: dict[str, SourceSplit] = {}
         for split, paths in files.items():
             groups: list[RowGroup] = []
             row = 0
@@ -167,39 +159,11 @@ class ParquetDocuments:
                         row += rg.num_rows
                 finally:
                     raw.close()
-            source[split] = _SourceSplit(paths, groups, row)
+            source[split] = SourceSplit(paths, groups, row)
 
-        def size(part: tuple[str, np.ndarray | None]) -> int:
-            return source[part[0]].num_rows if part[1] is None else len(part[1])
-
-        def select(part: tuple[str, np.ndarray | None], positions: np.ndarray) -> tuple[str, np.ndarray]:
-            return part[0], positions if part[1] is None else part[1][positions]
-
-        selection = split_rules({name: (name, None) for name in source}, size=size, select=select,
-                                validation_split=validation_split, test_split=test_split, seed=seed, splits=splits)
+        selection = select_splits(source, validation_split=validation_split, test_split=test_split, seed=seed,
+                                  splits=splits)
         return cls(source, selection, columns, separator, storage_options)
-
-    @property
-    def splits(self) -> list[str]:
-        return list(self._selection)
-
-    def num_documents(self, split: str) -> int:
-        source_split, rows = self._selection[split]
-        return self._source[source_split].num_rows if rows is None else len(rows)
-
-    def tasks(self, split: str, batch_size: int) -> list[tuple[RowGroup, np.ndarray | None]]:
-        """One task per row group holding rows of ``split`` (``batch_size`` does not cut row groups)."""
-        source_split, rows = self._selection[split]
-        tasks = []
-        for group in self._source[source_split].groups:
-            if rows is None:
-                if group.num_rows:
-                    tasks.append((group, None))
-                continue
-            lo, hi = np.searchsorted(rows, [group.first_row, group.first_row + group.num_rows])
-            if hi > lo:
-                tasks.append((group, rows[lo:hi] - group.first_row))
-        return tasks
 
     def _parquet_file(self, path: str):
         if self._file is not None and self._file[0] == path:
@@ -234,26 +198,3 @@ class ParquetDocuments:
             table = table.take(np.asarray(wanted, dtype=np.int64))
         batch = {c: table.column(c).to_pylist() for c in self.columns}
         return document_texts(batch, self.columns, self.separator)
-
-    def head(self, split: str, n: int) -> list[str]:
-        texts: list[str] = []
-        for task in self.tasks(split, n):
-            texts += self.texts(task)
-            if len(texts) >= n:
-                break
-        self.close()
-        return texts[:n]
-
-    def files(self) -> list[str]:
-        return [p for s in self._source.values() for p in s.files]
-
-    def identity(self, data_files: Any) -> dict[str, Any]:
-        """What the fingerprint records about the source (the files' sizes and version markers)."""
-        return {
-            "kind": "load_dataset",
-            "path": "parquet",
-            "reader": self.reader,
-            "data_files": _jsonable(data_files),
-            "files": file_sources.identity(self.files(), self.storage_options),
-            "split_sizes": {name: self.num_documents(name) for name in self._selection},
-        }
