@@ -33,44 +33,58 @@ def _add_storage_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}storage-options-json", metavar="FILE", help="JSON file of fsspec storage options")
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from .ingest.builder import build, plan_build
+def _add_source_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """The options ``build`` and ``append`` share: the source, split rules, encoding, layout, engine."""
+    same = "must match the store (refused otherwise)" if verb == "append" else None
+    p.add_argument("--config", help="dataset config name (dataset_config_name)")
+    p.add_argument("--data-dir")
+    p.add_argument("--data-files", nargs="+", help="data files (local paths or URLs, globs)")
+    p.add_argument("--revision")
+    p.add_argument("--column", action="append", help="text column (repeatable; default 'text')")
+    p.add_argument("--column-separator", default="\n\n", help="joins several columns into one document")
+    p.add_argument("--validation-split", type=float, default=0.0)
+    p.add_argument("--test-split", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--split", action="append", help=f"only {verb} these splits (repeatable)")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--no-eos-token", action="store_true", help=same or "do not append EOS after documents")
+    p.add_argument("--no-special-tokens", action="store_true", help=same or "add_special_tokens=False when encoding")
+    p.add_argument("--chunk-size", type=int, help="must match the store's (default: the store's)" if same
+                   else "tokens per chunk (default: 8 MiB worth)")
+    p.add_argument("--shard-size", type=int, help="tokens per shard before starting a new one")
+    p.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--encoder", choices=["auto", "hf", "gigatoken", "tiktoken"], default="auto",
+                   help="auto: the first verified fast path (gigatoken, tiktoken) that reproduces the tokenizer, else HF")
+    p.add_argument("--json", action="store_true", help="print the store info (or the plan) as JSON")
+    p.add_argument("--plan-only", action="store_true",
+                   help="write the plan of shard tasks next to the store and stop (then build-task, commit)")
+    p.add_argument("--dask-scheduler", metavar="ADDR", help="run the shard tasks on this Dask scheduler (tcp://...)")
 
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``build()`` arguments from the options of :func:`_add_source_args`."""
     data_files: Any = args.data_files
     if data_files and len(data_files) == 1:
         data_files = data_files[0]
-    if args.plan_only:
-        run, extra = plan_build, {}
-    else:
-        run, extra = build, {"scheduler": args.dask_scheduler}
-    store = run(
-        args.dataset,
-        output=args.output,
-        dataset_config_name=args.config,
-        data_dir=args.data_dir,
-        data_files=data_files or None,
-        revision=args.revision,
-        tokenizer_name=args.tokenizer_name,
-        columns=args.column or None,
-        column_separator=args.column_separator,
-        validation_split=args.validation_split,
-        test_split=args.test_split,
-        seed=args.seed,
-        shuffle=args.shuffle,
-        splits=args.split or None,
-        num_workers=args.num_workers,
-        use_eos_token=not args.no_eos_token,
-        add_special_tokens=not args.no_special_tokens,
-        chunk_size=args.chunk_size,
-        shard_size=args.shard_size,
-        checksum=None if args.no_checksum else "crc32c",
-        overwrite=args.overwrite,
-        storage_options=_storage_options(args),
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        encoder=args.encoder,
-        **extra,
+    extra = {} if args.plan_only else {"scheduler": args.dask_scheduler}
+    return dict(
+        dataset_config_name=args.config, data_dir=args.data_dir, data_files=data_files or None,
+        revision=args.revision, tokenizer_name=args.tokenizer_name, columns=args.column or None,
+        column_separator=args.column_separator, validation_split=args.validation_split,
+        test_split=args.test_split, seed=args.seed, splits=args.split or None, num_workers=args.num_workers,
+        use_eos_token=not args.no_eos_token, add_special_tokens=not args.no_special_tokens,
+        chunk_size=args.chunk_size, shard_size=args.shard_size, storage_options=_storage_options(args),
+        batch_size=args.batch_size, progress=not args.no_progress, encoder=args.encoder, **extra,
     )
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .ingest.builder import build, plan_build
+
+    run = plan_build if args.plan_only else build
+    store = run(args.dataset, output=args.output, shuffle=args.shuffle, overwrite=args.overwrite,
+                checksum=None if args.no_checksum else "crc32c", **_source_kwargs(args))
     if args.plan_only:
         return _print_plan(store, args)
     _print_info(store.info(), as_json=args.json)
@@ -80,20 +94,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_append(args: argparse.Namespace) -> int:
     from .ingest.builder import build, plan_build
 
-    data_files: Any = args.data_files
-    if data_files and len(data_files) == 1:
-        data_files = data_files[0]
-    run, extra = (plan_build, {}) if args.plan_only else (build, {"scheduler": args.dask_scheduler})
-    result = run(
-        args.dataset, output=args.store, mode="append", allow_duplicate=args.allow_duplicate,
-        dataset_config_name=args.config, data_dir=args.data_dir, data_files=data_files or None,
-        revision=args.revision, tokenizer_name=args.tokenizer_name, columns=args.column or None,
-        column_separator=args.column_separator, validation_split=args.validation_split,
-        test_split=args.test_split, seed=args.seed, splits=args.split or None, num_workers=args.num_workers,
-        use_eos_token=not args.no_eos_token, add_special_tokens=not args.no_special_tokens,
-        chunk_size=args.chunk_size, shard_size=args.shard_size, storage_options=_storage_options(args),
-        batch_size=args.batch_size, progress=not args.no_progress, encoder=args.encoder, **extra,
-    )
+    run = plan_build if args.plan_only else build
+    result = run(args.dataset, output=args.store, mode="append", allow_duplicate=args.allow_duplicate,
+                 **_source_kwargs(args))
     if args.plan_only:
         return _print_plan(result, args)
     _print_info(result.info(), as_json=args.json)
@@ -269,62 +272,20 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="tokenize a dataset into a store")
     b.add_argument("dataset", help="load_dataset path/name: json, text, parquet, csv, a hub name or a local dir")
     b.add_argument("--output", "-o", required=True, help="store path or fsspec URL")
-    b.add_argument("--config", help="dataset config name (dataset_config_name)")
-    b.add_argument("--data-dir")
-    b.add_argument("--data-files", nargs="+", help="data files (local paths or URLs)")
-    b.add_argument("--revision")
     b.add_argument("--tokenizer-name", required=True, help="tokenizer name or local directory")
-    b.add_argument("--column", action="append", help="text column (repeatable; default 'text')")
-    b.add_argument("--column-separator", default="\n\n", help="joins several columns into one document")
-    b.add_argument("--validation-split", type=float, default=0.0)
-    b.add_argument("--test-split", type=float, default=0.0)
-    b.add_argument("--seed", type=int, default=42)
+    _add_source_args(b, "build")
     b.add_argument("--shuffle", action="store_true", help="shuffle document order in every split (seeded)")
-    b.add_argument("--split", action="append", help="only build these splits (repeatable)")
-    b.add_argument("--num-workers", type=int, default=1)
-    b.add_argument("--no-eos-token", action="store_true", help="do not append EOS after documents")
-    b.add_argument("--no-special-tokens", action="store_true", help="add_special_tokens=False when encoding")
-    b.add_argument("--chunk-size", type=int, help="tokens per chunk (default: 8 MiB worth)")
-    b.add_argument("--shard-size", type=int, help="tokens per shard before starting a new one")
     b.add_argument("--no-checksum", action="store_true", help="no per-chunk crc32c")
     b.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    b.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
-    b.add_argument("--no-progress", action="store_true")
-    b.add_argument("--encoder", choices=["auto", "hf", "gigatoken", "tiktoken"], default="auto",
-                   help="auto: the verified tiktoken fast path when it reproduces the tokenizer, else HF")
-    b.add_argument("--json", action="store_true", help="print the store info as JSON")
-    b.add_argument("--plan-only", action="store_true",
-                   help="write the plan of shard tasks into the staging area and stop (then build-task, commit)")
-    b.add_argument("--dask-scheduler", metavar="ADDR", help="run the shard tasks on this Dask scheduler (tcp://...)")
     _add_storage_args(b)
     b.set_defaults(func=_cmd_build)
 
     ap = sub.add_parser("append", help="add documents to a store as new shards (old readers keep their view)")
     ap.add_argument("store", help="the store path or URL to append to")
     ap.add_argument("dataset", help="load_dataset path/name of the documents to add: json, parquet, ...")
-    ap.add_argument("--data-files", nargs="+", help="data files (local paths or URLs)")
-    ap.add_argument("--config", help="dataset config name (dataset_config_name)")
-    ap.add_argument("--data-dir")
-    ap.add_argument("--revision")
     ap.add_argument("--tokenizer-name", help="check this tokenizer is the store's (default: use the store's)")
-    ap.add_argument("--column", action="append", help="text column (repeatable; default 'text')")
-    ap.add_argument("--column-separator", default="\n\n", help="joins several columns into one document")
-    ap.add_argument("--validation-split", type=float, default=0.0)
-    ap.add_argument("--test-split", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--split", action="append", help="only append these splits of the source (repeatable)")
-    ap.add_argument("--num-workers", type=int, default=1)
-    ap.add_argument("--no-eos-token", action="store_true", help="must match the store (refused otherwise)")
-    ap.add_argument("--no-special-tokens", action="store_true", help="must match the store (refused otherwise)")
-    ap.add_argument("--chunk-size", type=int, help="must match the store's (default: the store's)")
-    ap.add_argument("--shard-size", type=int, help="tokens per new shard")
-    ap.add_argument("--batch-size", type=int, default=1000, help="documents per tokenization task")
+    _add_source_args(ap, "append")
     ap.add_argument("--allow-duplicate", action="store_true", help="append a source the store already holds")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--encoder", choices=["auto", "hf", "gigatoken", "tiktoken"], default="auto")
-    ap.add_argument("--json", action="store_true", help="print the store info (or the plan) as JSON")
-    ap.add_argument("--plan-only", action="store_true", help="write the plan and stop (then build-task, commit)")
-    ap.add_argument("--dask-scheduler", metavar="ADDR", help="run the shard tasks on this Dask scheduler (tcp://...)")
     _add_storage_args(ap)
     ap.set_defaults(func=_cmd_append)
 
