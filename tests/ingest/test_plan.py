@@ -153,3 +153,18 @@ def test_worker_plan_cache_is_bounded():
     finally:
         planmod._CONTEXT.clear()
         planmod._CONTEXT.update(saved)
+
+
+def test_driver_commit_reads_no_ledger_record(s3, files, tokenizer_dir, reference):
+    """A build run by its driver commits from the records its executor returned: no ledger GET."""
+    import uuid
+
+    url = f"s3://{s3.make_bucket(f'commit-{uuid.uuid4().hex[:10]}')}/store"
+    s3.reset_log()
+    store = build(files, tokenizer_dir, url, storage_options=s3.storage_options, chunk_size=4096, validation_split=0.1)
+    s3.settle()
+    # (each task's own idempotency check is a GET answered 404 before it writes its record)
+    assert not [r for r in s3.requests if r.method == "GET" and "/done/" in r.path and r.status == 200]
+    assert [r for r in s3.requests if r.method == "PUT" and "/done/" in r.path]
+    assert len(store.manifest.splits["train"].shards) > 1
+    np.testing.assert_array_equal(np.asarray(store.tokens("train")), np.asarray(reference.tokens("train")))

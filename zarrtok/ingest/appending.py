@@ -251,12 +251,13 @@ def sweep_stale(location: Location, current: Manifest) -> list[str]:
     return swept
 
 
-def commit(plan: _plan.BuildPlan, *, lock_timeout: float = LOCK_TIMEOUT_S):
-    """Commit a finished append (see the module docstring); return the store opened."""
+def commit(plan: _plan.BuildPlan, *, lock_timeout: float = LOCK_TIMEOUT_S, records: Any = None):
+    """Commit a finished append (see the module docstring); return the store opened. ``records``:
+    ledger records the executor already returned."""
     from ..read.store import TokenStore
 
     location = Location(plan.data["target"], dict(plan.storage_options))
-    records = _plan.read_ledger(plan.area)
+    records = _plan.ledger_records(plan, records)
     missing = [t["index"] for t in plan.tasks if t["index"] not in records]
     if missing:
         raise RuntimeError(f"{len(missing)} task(s) of append {plan.key} are not finished: {missing[:10]}")

@@ -535,10 +535,10 @@ def _execute(prepared: _Prepared, *, executor: Any = None, scheduler: Any = None
     try:
         pending = plan.pending()
         logger.info("%d of %d shard task(s) to run (plan %s)", len(pending), len(plan.tasks), plan.key)
-        run_plan(plan, pending, executor=executor, scheduler=scheduler, num_workers=prepared.num_workers,
-                 start_method=prepared.start_method, progress=prepared.progress, documents=prepared.documents,
-                 encoder=prepared.encoder)
-        return commit_build(plan, staging=staging)
+        done = run_plan(plan, pending, executor=executor, scheduler=scheduler, num_workers=prepared.num_workers,
+                        start_method=prepared.start_method, progress=prepared.progress,
+                        documents=prepared.documents, encoder=prepared.encoder)
+        return commit_build(plan, staging=staging, records=done)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):  # interrupted: keep what is done for a rerun
             _plan.release_writer(staging)
@@ -555,18 +555,19 @@ def _execute(prepared: _Prepared, *, executor: Any = None, scheduler: Any = None
 
 
 def commit_build(plan: BuildPlan | str | os.PathLike | Location, *, staging: Any = None,
-                 storage_options: dict[str, Any] | None = None) -> TokenStore:
+                 storage_options: dict[str, Any] | None = None, records: Any = None) -> TokenStore:
     """Commit a plan whose tasks are all finished: read the ledger, write the manifest (one write),
-    make the store visible. ``plan`` may be the store (its unfinished plan is found)."""
+    make the store visible. ``plan`` may be the store (its unfinished plan is found); ``records``:
+    ledger records the executor already returned (those are not read again)."""
     if not isinstance(plan, BuildPlan):
         plan = _plan.find_plan(plan, storage_options)
     if plan.data.get("mode") == "append":
-        return appending.commit(plan)
+        return appending.commit(plan, records=records)
     location = as_location(plan.data["target"], plan.storage_options)
     if staging is None:
         staging = _staging_for(plan, location)
     area = plan.area
-    records = _plan.read_ledger(area)
+    records = _plan.ledger_records(plan, records)
     manifest = _plan.assemble_manifest(plan, records)
     if sum(info.num_tokens for info in manifest.splits.values()) == 0:
         raise ValueError("the dataset produced no tokens: every document is empty")

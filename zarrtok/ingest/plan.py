@@ -172,6 +172,16 @@ def read_ledger(area: Location) -> dict[int, dict[str, Any]]:
     return {int(k.rsplit("/", 1)[-1][:-5]): json.loads(b) for k, b in zip(keys, blobs)}
 
 
+def ledger_records(plan: BuildPlan, known: Iterable[dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
+    """The records of the plan's finished tasks: the ones the executor returned to this driver
+    (``known``: no request at all when they cover every task — the commit of a driver-run build),
+    the rest read from the ledger (a resumed build, the CLI's ``commit``)."""
+    records = {int(r["index"]): r for r in known or ()}
+    if all(t["index"] in records for t in plan.tasks):
+        return records
+    return {**read_ledger(plan.area), **records}
+
+
 def save_plan(plan: BuildPlan) -> None:
     put_object(plan.area, PLAN_FILE, plan.to_json().encode())
 
