@@ -43,3 +43,17 @@ def assert_same(a, b):
         np.testing.assert_array_equal(ca[split][0], cb[split][0])
         np.testing.assert_array_equal(ca[split][1], cb[split][1])
         assert ca[split][2] == cb[split][2]
+
+
+#: a build whose driver SIGKILLs itself right after the ledger record of task 2 (resume tests)
+KILLED_BUILD = """
+import os, signal, zarrtok
+from zarrtok.ingest import plan
+real = plan.put_object
+def put(area, key, data):
+    real(area, key, data)
+    if key == "done/2.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+plan.put_object = put
+zarrtok.build("json", data_files={files!r}, tokenizer_name={tok!r}, output={out!r}, storage_options={so!r}, **{kw!r})
+"""

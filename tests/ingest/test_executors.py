@@ -15,7 +15,7 @@ import pytest
 from zarrtok.ingest import plan as planmod
 from zarrtok.ingest.tokenization import DocumentEncoder
 
-from ._helpers import KW, assert_same, build, corpus
+from ._helpers import KILLED_BUILD, KW, assert_same, build, corpus
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +61,13 @@ def test_pool_retries_a_failed_task_once(setup, tmp_path, tokenizer_dir, monkeyp
     assert_same(store, ref)
 
 
-KILLED = """
-import os, signal, sys, zarrtok
-from zarrtok.ingest import plan
-real = plan.put_object
-def put(area, key, data):
-    real(area, key, data)
-    if key == "done/2.json":
-        os.kill(os.getpid(), signal.SIGKILL)
-plan.put_object = put
-zarrtok.build("json", data_files={files!r}, tokenizer_name={tok!r}, output={out!r}, **{kw!r})
-"""
 
 
 def test_killed_driver_resumes_without_re_encoding(setup, tmp_path, tokenizer_dir, monkeypatch):
     _, files, ref = setup
     out = str(tmp_path / "k")
-    proc = subprocess.run([sys.executable, "-c", KILLED.format(files=files, tok=tokenizer_dir, out=out, kw=KW)],
+    code = KILLED_BUILD.format(files=files, tok=tokenizer_dir, out=out, so={}, kw=KW)
+    proc = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not os.path.exists(out)

@@ -16,21 +16,10 @@ import pytest
 import zarrtok
 from zarrtok.ingest import plan as planmod
 
-from ._helpers import KW, assert_same, build, corpus
+from ._helpers import KILLED_BUILD, KW, assert_same, build, corpus
 
 pytestmark = pytest.mark.slow
 
-KILLED = """
-import os, signal, zarrtok
-from zarrtok.ingest import plan
-real = plan.put_object
-def put(area, key, data):
-    real(area, key, data)
-    if key == "done/2.json":
-        os.kill(os.getpid(), signal.SIGKILL)
-plan.put_object = put
-zarrtok.build("json", data_files={files!r}, tokenizer_name={tok!r}, output={out!r}, storage_options={so!r}, **{kw!r})
-"""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def setup(tmp_path_factory, docs, tokenizer_dir):
 def _killed_remote_build(s3, files, tokenizer_dir):
     bucket = s3.make_bucket(f"resume-{uuid.uuid4().hex[:10]}")
     url = f"s3://{bucket}/store"
-    code = KILLED.format(files=files, tok=tokenizer_dir, out=url, so=s3.storage_options, kw=KW)
+    code = KILLED_BUILD.format(files=files, tok=tokenizer_dir, out=url, so=s3.storage_options, kw=KW)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     return bucket, url

@@ -145,9 +145,15 @@ def already_in(base: Manifest, source_fingerprint: str) -> dict[str, Any] | None
     return None
 
 
+def _copy(manifest: Manifest) -> Manifest:
+    """An independent copy of a complete manifest (through its JSON, validated again)."""
+    return Manifest.from_attributes({ATTRIBUTE_KEY: {**manifest.to_json(), "status": STATUS_COMPLETE}},
+                                    manifest.generation or "manifest")
+
+
 def plan_manifest(base: Manifest) -> Manifest:
     """The manifest an append plan carries: the store's, with a fresh generation."""
-    m = Manifest.from_attributes({ATTRIBUTE_KEY: {**base.to_json(), "status": STATUS_COMPLETE}}, "base")
+    m = _copy(base)
     m.generation = new_id()
     m.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return m
@@ -281,7 +287,7 @@ def commit(plan: _plan.BuildPlan, *, lock_timeout: float = LOCK_TIMEOUT_S, recor
 
 def appended_manifest(current: Manifest, plan: _plan.BuildPlan, records: dict[int, dict[str, Any]]) -> Manifest:
     """``current`` with the plan's shards after its own (provenance re-indexed onto its sources)."""
-    m = Manifest.from_attributes({ATTRIBUTE_KEY: {**current.to_json(), "status": STATUS_COMPLETE}}, current.generation)
+    m = _copy(current)
     offset = len(m.sources)
     for split in plan.splits:
         info = m.splits.setdefault(split, SplitInfo())

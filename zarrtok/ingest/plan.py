@@ -366,9 +366,7 @@ def sweep_dead_areas(target: Location, keep: str | None = None) -> list[str]:
     for key, area in areas:
         try:
             data = json.loads(get_object(area, PLAN_FILE))
-        except FileNotFoundError:
-            data = {}
-        except ValueError:
+        except (FileNotFoundError, ValueError):
             data = {}
         if data.get("mode") == "append":
             continue
