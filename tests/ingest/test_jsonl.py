@@ -129,6 +129,66 @@ def test_blocks_cover_the_file_and_respect_limits(tmp_path, docs):
     assert sum(b.num_rows for b in blocks) == len(docs)
 
 
+def reference_blocks(data: bytes, block_bytes: int, block_rows: int | None) -> list[tuple[int, int, int, int, int]]:
+    """scan_file's blocks written from its docstring, line by line: the longest run of whole lines that
+    fits in block_bytes (one line alone when longer), cut after every block_rows-th row while more
+    than block_rows remain. (start, end, first_line, first_row, num_rows)."""
+    lines, pos = [], 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        lines.append((pos, end, bool(data[pos:end].rstrip(b"\n").strip(b" \t\r"))))
+        pos = end
+    blocks, i, line, row = [], 0, 1, 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and lines[j][1] - lines[i][0] <= block_bytes:
+            j += 1
+        group = lines[i:max(j, i + 1)]
+        while group:
+            rows = sum(g[2] for g in group)
+            take = len(group)
+            if block_rows is not None and rows > block_rows:
+                seen = 0
+                for take, g in enumerate(group, start=1):
+                    seen += g[2]
+                    if seen == block_rows:
+                        break
+            part, group = group[:take], group[take:]
+            n = sum(g[2] for g in part)
+            blocks.append((part[0][0], part[-1][1], line, row, n))
+            line, row = line + len(part), row + n
+        i = max(j, i + 1)
+    return blocks
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=" \t\r\nab{}\u00e9", max_size=400), block_bytes=st.integers(1, 64),
+       block_rows=st.one_of(st.none(), st.integers(1, 6)), window=st.integers(1, 40))
+def test_scan_matches_a_line_by_line_reference(tmp_path_factory, text, block_bytes, block_rows, window):
+    data = text.encode()
+    path = tmp_path_factory.mktemp("scan") / "s.jsonl"
+    path.write_bytes(data)
+    got = [(b.start, b.end, b.first_line, b.first_row, b.num_rows)
+           for b in scan_file(str(path), 0, block_bytes=block_bytes, block_rows=block_rows, window=window)]
+    assert got == reference_blocks(data, block_bytes, block_rows)
+
+
+def test_scan_reads_compressed_streams_through_one_buffer(tmp_path):
+    import gzip
+
+    lines = [json.dumps({"text": "x" * (i % 37)}) for i in range(500)] + ["  ", ""]
+    data = ("\n".join(lines)).encode()
+    (tmp_path / "a.jsonl").write_bytes(data)
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
+        f.write(data)
+    plain = scan_file(str(tmp_path / "a.jsonl"), 0, block_bytes=1000, block_rows=7, window=333)
+    packed = scan_file(str(tmp_path / "a.jsonl.gz"), 0, block_bytes=1000, block_rows=7, window=333)
+    assert [(b.start, b.end, b.num_rows) for b in packed] == [(b.start, b.end, b.num_rows) for b in plain]
+    assert [(b.start, b.end, b.first_line, b.first_row, b.num_rows) for b in plain] == reference_blocks(data, 1000, 7)
+    assert sum(b.num_rows for b in plain) == 500
+
+
 @pytest.mark.parametrize("case", ["directory", "not_gzip", "bom", "array", "no_text_column", "shuffle", "kwargs",
                                   "not_json_name", "missing"])
 def test_planner_leaves_other_inputs_to_datasets(tmp_path, case):

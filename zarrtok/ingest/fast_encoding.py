@@ -200,7 +200,10 @@ def verify(fast: DocumentEncoder, reference: Any, texts: Iterable[str]) -> tuple
         if a != b:
             j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             return False, f"text {i} ({sample[i][:60]!r}...) differs at token {j}: {name} {a[j:j + 5]} vs hf {b[j:j + 5]}"
-    with_empty = ["", *sample[:200], "", *sample[200:400]]
+    # The assembly (EOS, empty documents, dtype) on a few texts: the ids of every text are compared
+    # above; re-encoding 400 of them with the reference took ~0.7 s of a 1 GB build's planning
+    # (profile: 2.56 s for the two reference encodes of 1,027 + 402 texts).
+    with_empty = ["", *sample[:16], "", *sample[16:32], ""]
     got_tokens, got_lengths = fast.encode(with_empty)
     want_tokens, want_lengths = DocumentEncoder.encode(reference, with_empty)
     if not (np.array_equal(got_lengths, want_lengths) and np.array_equal(got_tokens, want_tokens)

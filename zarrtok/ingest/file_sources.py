@@ -186,6 +186,8 @@ class _Closing:
 
     def __init__(self, stream: Any, raw: Any):
         self._stream, self._raw = stream, raw
+        if hasattr(stream, "readinto"):  # the scan fills one reused buffer (zarrtok.ingest.jsonl._fill)
+            self.readinto = stream.readinto
 
     def read(self, n: int = -1) -> bytes:
         return self._stream.read(n)

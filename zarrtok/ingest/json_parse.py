@@ -155,16 +155,6 @@ class LineParser:
         return texts
 
 
-def count_rows(data: bytes) -> int:
-    """Non-blank lines in ``data`` (JSON Lines readers skip blank and whitespace-only lines)."""
-    if not data:
-        return 0
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if data.count(b"\n{") + data.startswith(b"{") == lines:  # every line starts an object: none is blank
-        return lines
-    return sum(1 for line in data.split(b"\n") if line.strip(BLANK))
-
-
 def _object_lines(data: bytes) -> int | None:
     """The number of lines of ``data`` when every line starts with ``{`` and ends with ``}`` (``\\r``
     allowed after it), else ``None``. Then no JSON value can span a newline (after ``}`` only ``,``,
@@ -190,34 +180,14 @@ def _object_lines(data: bytes) -> int | None:
 
 
 def _valid_utf8(data: bytes) -> bool:
-    """Whether ``json.loads`` would decode these bytes (UTF-8 with surrogatepass): Arrow's vectorised
-    UTF-8 validation (GB/s), and Python's surrogatepass decoding where Arrow refuses (CESU surrogates)."""
+    """Whether ``json.loads`` would decode these bytes (UTF-8 with surrogatepass). ``bytes.decode``
+    itself: 21 ms per 4 MB block of the benchmark corpus here, faster than Arrow's validation
+    (33 ms) — and importing pyarrow costs each process 0.3 s and 43 MB (0.9 s in a build, where
+    it pulled in pandas)."""
     if data.isascii():
         return True
-    _pa = _pyarrow()
-    if _pa is not None:
-        try:
-            _pa.Array.from_buffers(_pa.large_string(), 1, [None, _pa.array([0, len(data)], _pa.int64()).buffers()[1],
-                                                         _pa.py_buffer(data)]).validate(full=True)
-            return True
-        except _pa.ArrowInvalid:
-            pass
     try:
         data.decode("utf-8", "surrogatepass")
     except UnicodeDecodeError:
         return False
     return True
-
-
-_PA: list[Any] = []
-
-
-def _pyarrow() -> Any:
-    """pyarrow, imported on the first non-ASCII block (``None`` if it cannot be)."""
-    if not _PA:
-        try:
-            import pyarrow
-        except Exception:  # noqa: BLE001  # pragma: no cover - pyarrow comes with datasets
-            pyarrow = None
-        _PA.append(pyarrow)
-    return _PA[0]

@@ -46,7 +46,7 @@ import numpy as np
 
 from . import file_sources
 from .json_parse import BLANK as _BLANK
-from .json_parse import LineParser, count_rows
+from .json_parse import LineParser
 from .row_units import RowUnitDocuments, SourceSplit, select_splits
 
 logger = logging.getLogger(__name__)
@@ -162,18 +162,6 @@ def _first_object(path: str, storage_options: dict[str, Any] | None = None) -> d
         return None
 
 
-def _end_of_rows(data: bytes, start: int, rows: int) -> int:
-    """Offset just after the newline that ends the ``rows``-th non-blank line of ``data[start:]``."""
-    pos = start
-    while True:
-        nl = data.find(b"\n", pos)
-        if data[pos:nl].strip(_BLANK):
-            rows -= 1
-        pos = nl + 1
-        if rows == 0:
-            return pos
-
-
 def _read_full(f: Any, n: int) -> bytes:
     """``n`` bytes (fewer only at EOF): decompressing streams may return short reads."""
     data = f.read(n)
@@ -190,58 +178,126 @@ def _read_full(f: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _line_blocks(f: Any, block_bytes: int):
-    """``(offset, data)`` of consecutive reads of about ``block_bytes`` ending after a newline (or at
-    EOF; a longer line is read whole), reading the stream front to back once."""
-    pending = b""
-    offset = 0
-    while True:
-        more = _read_full(f, block_bytes - len(pending))
-        buf = pending + more
-        if not more and len(pending) < block_bytes:  # EOF
-            if buf:
-                yield offset, buf
-            return
-        cut = buf.rfind(b"\n")
-        if cut < 0:  # a line longer than a block: read on to its end
-            parts = [buf]
-            while True:
-                more = _read_full(f, block_bytes)
-                nl = more.find(b"\n")
-                if nl >= 0 or not more:
-                    parts.append(more if nl < 0 else more[: nl + 1])
-                    data = b"".join(parts)
-                    pending = b"" if nl < 0 else more[nl + 1:]
-                    break
-                parts.append(more)
+SCAN_WINDOW = 16 << 20  # bytes per read of the plan-time scan (one reused buffer)
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[[ord(c) for c in " \t\r\n"]] = True  # a line starting with one of these may be blank
+
+
+def _fill(f: Any, view: memoryview) -> int:
+    """Fill ``view`` from the stream (``readinto`` where the stream has it); fewer bytes only at EOF."""
+    readinto = getattr(f, "readinto", None)
+    got = 0
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
         else:
-            data, pending = buf[: cut + 1], buf[cut + 1:]
-        yield offset, data
-        offset += len(data)
+            data = f.read(len(view) - got)
+            n = len(data)
+            view[got:got + n] = data
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _nonblank(segment: memoryview) -> bool:
+    return bool(bytes(segment).strip(_BLANK))
+
+
+def line_index(f: Any, window: int = SCAN_WINDOW):
+    """``(ends, nonblank)`` array pairs, in order, for the lines of a stream read front to back once:
+    the offset just after each line's newline (or EOF, for a last line without one) and whether
+    the line is a row (not blank: only spaces, tabs and ``\r``). One reused buffer; newlines are
+    found with numpy, and only lines *starting* with whitespace are looked at byte by byte (none,
+    in a file of one JSON object per line)."""
+    buf = bytearray(window)
+    view = memoryview(buf)
+    base = 0  # stream offset of the buffer's first byte
+    open_start, open_nonblank = 0, False  # the line still open at the buffer's end
+    while True:
+        n = _fill(f, view)
+        if not n:
+            break
+        a = np.frombuffer(buf, dtype=np.uint8, count=n)
+        nl = np.flatnonzero(a == 10)
+        first_end = nl[0] if len(nl) else n
+        if not open_nonblank and first_end > 0:  # the open line continues here
+            open_nonblank = not _WHITESPACE[a[0]] or _nonblank(view[:first_end])
+        if not len(nl):
+            base += n
+            continue
+        ends = nl + 1
+        nonblank = np.empty(len(nl), dtype=bool)
+        nonblank[0] = open_nonblank
+        starts = ends[:-1]  # the lines that start and end in this buffer
+        flags = ~_WHITESPACE[a[starts]]
+        for i in np.flatnonzero(~flags):  # starts with whitespace: blank unless something else follows
+            flags[i] = _nonblank(view[starts[i]:nl[i + 1]])
+        nonblank[1:] = flags
+        yield base + ends, nonblank
+        tail = int(ends[-1])
+        open_start = base + tail
+        open_nonblank = tail < n and (not _WHITESPACE[a[tail]] or _nonblank(view[tail:n]))
+        base += n
+    if base > open_start:  # a last line without a newline
+        yield np.array([base], dtype=np.int64), np.array([open_nonblank])
 
 
 def scan_file(path: str, first_row: int, block_bytes: int = BLOCK_BYTES, block_rows: int | None = None,
-              storage_options: dict[str, Any] | None = None) -> list[Block]:
-    """Split one file into blocks ending at newlines (at most ``block_bytes``, unless one line is
-    longer, and at most ``block_rows`` rows), counting each block's rows: one sequential read of the
-    file (decompressed, for a compressed file: offsets are then offsets into the decompressed bytes)."""
+              storage_options: dict[str, Any] | None = None, window: int = SCAN_WINDOW) -> list[Block]:
+    """Split one file into blocks of whole lines, counting each block's rows: one sequential read of
+    the file (decompressed, for a compressed file: offsets are then offsets into the decompressed
+    bytes), newlines found with numpy in a reused ``window``-byte buffer.
+
+    A block is the longest run of lines from its start that fits in ``block_bytes`` (one line
+    alone when it is longer), then cut after every ``block_rows``-th row while more than
+    ``block_rows`` remain."""
     compression = file_sources.compression_of(path)
     blocks: list[Block] = []
-    line, row = 1, first_row
+    state = {"start": 0, "line": 1, "row": first_row}
+    pending_ends: list[np.ndarray] = []  # lines since the current block's start, not yet in a block
+    pending_rows: list[np.ndarray] = []
+
+    def emit(ends: np.ndarray, rows: np.ndarray) -> None:
+        """Blocks of the lines ``ends`` (one byte run), cut every ``block_rows`` rows."""
+        counts = np.cumsum(rows, dtype=np.int64)
+        lo = 0  # first line of the sub-block
+        taken = 0  # rows before it
+        total = int(counts[-1]) if len(counts) else 0
+        while block_rows is not None and total - taken > block_rows:
+            last = int(np.searchsorted(counts, taken + block_rows))  # the line ending the block_rows-th row
+            blocks.append(Block(path, state["start"], int(ends[last]), state["line"], state["row"], block_rows,
+                                compression))
+            state["start"], state["line"], state["row"] = int(ends[last]), state["line"] + last + 1 - lo, state["row"] + block_rows
+            taken += block_rows
+            lo = last + 1
+        blocks.append(Block(path, state["start"], int(ends[-1]), state["line"], state["row"], total - taken,
+                            compression))
+        state["start"], state["line"], state["row"] = int(ends[-1]), state["line"] + len(ends) - lo, state["row"] + total - taken
+
+    def cut(final: bool) -> None:
+        if not pending_ends:
+            return
+        ends = np.concatenate(pending_ends) if len(pending_ends) > 1 else pending_ends[0]
+        rows = np.concatenate(pending_rows) if len(pending_rows) > 1 else pending_rows[0]
+        lo = 0
+        while lo < len(ends):
+            limit = state["start"] + block_bytes
+            if not final and ends[-1] <= limit:  # the next lines may still fit
+                break
+            k = int(np.searchsorted(ends, limit, side="right"))
+            k = max(k, lo + 1)  # a line longer than a block is a block
+            emit(ends[lo:k], rows[lo:k])
+            lo = k
+        pending_ends[:] = [ends[lo:]] if lo < len(ends) else []
+        pending_rows[:] = [rows[lo:]] if lo < len(ends) else []
+
     with file_sources.open_stream(path, storage_options, compression) as f:
-        for start, data in _line_blocks(f, block_bytes):
-            rows = count_rows(data)
-            pos = 0
-            while block_rows is not None and rows > block_rows:  # cut the read into blocks of block_rows rows
-                end = _end_of_rows(data, pos, block_rows)
-                blocks.append(Block(path, start + pos, start + end, line, row, block_rows, compression))
-                line += data.count(b"\n", pos, end)
-                row += block_rows
-                rows -= block_rows
-                pos = end
-            blocks.append(Block(path, start + pos, start + len(data), line, row, rows, compression))
-            line += data.count(b"\n", pos)
-            row += rows
+        for ends, rows in line_index(f, window):
+            pending_ends.append(ends)
+            pending_rows.append(rows)
+            cut(final=False)
+    cut(final=True)
     return blocks
 
 
