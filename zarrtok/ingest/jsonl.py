@@ -258,6 +258,11 @@ def scan_file(path: str, first_row: int, block_bytes: int = BLOCK_BYTES, block_r
     pending_ends: list[np.ndarray] = []  # lines since the current block's start, not yet in a block
     pending_rows: list[np.ndarray] = []
 
+    def close(end: int, lines: int, rows: int) -> None:
+        """A block from the current start to ``end``, of ``lines`` lines holding ``rows`` rows."""
+        blocks.append(Block(path, state["start"], end, state["line"], state["row"], rows, compression))
+        state["start"], state["line"], state["row"] = end, state["line"] + lines, state["row"] + rows
+
     def emit(ends: np.ndarray, rows: np.ndarray) -> None:
         """Blocks of the lines ``ends`` (one byte run), cut every ``block_rows`` rows."""
         counts = np.cumsum(rows, dtype=np.int64)
@@ -266,14 +271,10 @@ def scan_file(path: str, first_row: int, block_bytes: int = BLOCK_BYTES, block_r
         total = int(counts[-1]) if len(counts) else 0
         while block_rows is not None and total - taken > block_rows:
             last = int(np.searchsorted(counts, taken + block_rows))  # the line ending the block_rows-th row
-            blocks.append(Block(path, state["start"], int(ends[last]), state["line"], state["row"], block_rows,
-                                compression))
-            state["start"], state["line"], state["row"] = int(ends[last]), state["line"] + last + 1 - lo, state["row"] + block_rows
+            close(int(ends[last]), last + 1 - lo, block_rows)
             taken += block_rows
             lo = last + 1
-        blocks.append(Block(path, state["start"], int(ends[-1]), state["line"], state["row"], total - taken,
-                            compression))
-        state["start"], state["line"], state["row"] = int(ends[-1]), state["line"] + len(ends) - lo, state["row"] + total - taken
+        close(int(ends[-1]), len(ends) - lo, total - taken)
 
     def cut(final: bool) -> None:
         if not pending_ends:
