@@ -88,7 +88,7 @@ def many_shards(s3, tmp_path_factory, tokenizer):
     for shards in (64, 12):
         local = tmp_path_factory.mktemp("shards") / f"s{shards}"
         total = len(expected_tokens(tokenizer, docs))
-        store = _build(docs, tokenizer, str(local), chunk_size=256, shard_size=total // (shards + shards // 2))
+        store = _build(docs, tokenizer, str(local), chunk_size=2048, shard_size=total // (shards + shards // 2))
         assert len(store.manifest.splits["train"].shards) >= shards, len(store.manifest.splits["train"].shards)
         bucket = s3.make_bucket(f"shards-{shards}-{uuid.uuid4().hex[:8]}")
         url = f"s3://{bucket}/store"
