@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import zarrtok
 from zarrtok.ingest import builder, plan as planmod
@@ -168,3 +170,23 @@ def test_driver_commit_reads_no_ledger_record(s3, files, tokenizer_dir, referenc
     assert [r for r in s3.requests if r.method == "PUT" and "/done/" in r.path]
     assert len(store.manifest.splits["train"].shards) > 1
     np.testing.assert_array_equal(np.asarray(store.tokens("train")), np.asarray(reference.tokens("train")))
+
+
+def _runs_one_by_one(pairs):
+    """provenance_runs' rule written pair by pair (the reference)."""
+    runs = []
+    for src, row in pairs:
+        if runs and runs[-1][0] == src and runs[-1][1] + runs[-1][2] == row:
+            runs[-1][2] += 1
+        else:
+            runs.append([src, row, 1])
+    return runs
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 12)), max_size=60))
+def test_provenance_runs_match_the_pair_by_pair_rule(pairs):
+    from zarrtok.ingest.plan import provenance_runs
+
+    table = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    assert provenance_runs(table) == _runs_one_by_one(pairs)

@@ -436,15 +436,18 @@ def cut_shards(units: list[dict[str, Any]], estimates: list[float], shard_size: 
     return shards
 
 
-def provenance_runs(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """Runs ``[source, first_row, count]`` of consecutive ``(source, row)`` pairs."""
-    runs: list[list[int]] = []
-    for src, row in pairs:
-        if runs and runs[-1][0] == src and runs[-1][1] + runs[-1][2] == row:
-            runs[-1][2] += 1
-        else:
-            runs.append([int(src), int(row), 1])
-    return runs
+def provenance_runs(table: np.ndarray) -> list[list[int]]:
+    """Runs ``[source, first_row, count]`` of consecutive ``(source, row)`` rows of ``table`` (shape
+    ``(n, 2)``): a run breaks where the source changes or the row is not the previous row + 1.
+    Vectorised: the plan computes one per shard over every document of the split."""
+    table = np.asarray(table, dtype=np.int64).reshape(-1, 2)
+    if not len(table):
+        return []
+    src, row = table[:, 0], table[:, 1]
+    breaks = np.flatnonzero((src[1:] != src[:-1]) | (row[1:] != row[:-1] + 1)) + 1
+    starts = np.concatenate(([0], breaks))
+    counts = np.diff(np.concatenate((starts, [len(table)])))
+    return [[int(s), int(r), int(c)] for s, r, c in zip(src[starts], row[starts], counts)]
 
 
 # -- workers: reading, encoding, writing one shard -----------------------------------------------------
