@@ -40,6 +40,23 @@ def test_identical_ids_on_adversarial_and_generated_documents(fast, tokenizer, d
     assert tokenizer.eos_token_id in fast.encode_ids([special])[0]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_batches_give_the_tokenizers_ids(fast, tokenizer, docs, monkeypatch, threads):
+    """A num_workers=1 build encodes on every core (encode_batch in threads); a worker on one."""
+    monkeypatch.setattr(fast_encoding, "_encode_threads", lambda: threads)
+    texts = [d for d in docs + ADVERSARIAL_DOCS + fast_encoding.PROBES if d]
+    assert fast.encode_ids(texts) == [tokenizer(t)["input_ids"] for t in texts]
+
+
+def test_one_thread_inside_a_worker_process():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(fast_encoding._encode_threads) == 1
+    assert fast_encoding._encode_threads() >= 1
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
 def test_identical_ids_on_arbitrary_unicode(fast, tokenizer, text):
