@@ -207,7 +207,7 @@ def _nonblank(segment: memoryview) -> bool:
 def line_index(f: Any, window: int = SCAN_WINDOW):
     """``(ends, nonblank)`` array pairs, in order, for the lines of a stream read front to back once:
     the offset just after each line's newline (or EOF, for a last line without one) and whether
-    the line is a row (not blank: only spaces, tabs and ``\r``). One reused buffer; newlines are
+    the line is a row (not blank: only spaces, tabs and ``\\r``). One reused buffer; newlines are
     found with numpy, and only lines *starting* with whitespace are looked at byte by byte (none,
     in a file of one JSON object per line)."""
     buf = bytearray(window)
