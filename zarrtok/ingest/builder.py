@@ -452,7 +452,7 @@ def _plan_data(key: str, location: Location, manifest: Manifest, tok: Any, encod
     """The plan's JSON: shard tasks of every split (see :mod:`zarrtok.ingest.plan`)."""
     tasks: list[dict[str, Any]] = []
     for split in documents.splits:
-        units, rows_of = _units(documents, split, origin)
+        units, origins = _units(documents, split, origin)
         estimates = _estimates(documents, split, units, encoder) if shard_size is not None else [0.0] * len(units)
         groups = _plan.cut_shards(units, estimates, int(shard_size) if shard_size is not None else None)
         row = 0
@@ -462,7 +462,7 @@ def _plan_data(key: str, location: Location, manifest: Manifest, tok: Any, encod
             tasks.append({
                 "index": index, "split": split, "name": shard_name(ordinal) + suffix,
                 "id": _plan.shard_id(manifest.generation, index), "units": group, "num_documents": n,
-                "provenance": _plan.provenance_runs(rows_of(row, row + n)),
+                "provenance": _plan.provenance_runs(origins[row:row + n]),
             })
             row += n
     history_entry = {"action": history, "generation": manifest.generation, "created": manifest.created,
@@ -480,8 +480,8 @@ def _plan_data(key: str, location: Location, manifest: Manifest, tok: Any, encod
 
 
 def _units(documents: Any, split: str, origin: dict[str, Any]):
-    """The split's read units (plain dicts, in order) and ``rows_of(a, b)``: the ``(source, row)`` table of its
-    documents ``[a, b)``."""
+    """The split's read units (plain dicts, in order) and the ``(n, 2)`` table of the ``(source, row)``
+    of each of its documents."""
     bs = origin["batch_size"]
     if origin["reader"]["kind"] in ("jsonl", "parquet"):
         units, src_rows = [], []
@@ -511,7 +511,7 @@ def _units(documents: Any, split: str, origin: dict[str, Any]):
         src, rows = origin["row_maps"][split]
         n = documents.num_documents(split)
         table = np.stack([np.full(n, src), np.arange(n) if rows is None else np.asarray(rows)], axis=1)
-    return units, lambda a, b: table[a:b]
+    return units, table
 
 
 def _estimates(documents: Any, split: str, units: list[dict[str, Any]], encoder: Any) -> list[float]:

@@ -393,6 +393,3 @@ class JsonLinesDocuments(RowUnitDocuments):
             raise ValueError(f"{block.path}, line {block.first_line}: {len(texts)} rows in the block, the plan "
                              f"recorded {expected} (the file changed since)")
         return texts
-
-    def _document(self, line: bytes, path: str, number: int) -> str:
-        return self._parser.json_document(line, path, number)

@@ -119,7 +119,6 @@ def plan_parquet(dataset: Any, *, data_files: Any, columns: str | Sequence[str] 
     return result, text
 
 
-
 class ParquetDocuments(RowUnitDocuments):
     """Documents of Parquet files per build split, one row group per task (the interface of
     :class:`~zarrtok.ingest.row_units.RowUnitDocuments`)."""

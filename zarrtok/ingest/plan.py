@@ -141,18 +141,24 @@ def get_object(area: Location, key: str) -> bytes:
     return area.objects().get(key)
 
 
+def _listed_ledger(area: Location) -> dict[int, tuple[str, int]]:
+    """Object stores: task index -> (key, size) of every ledger record, from one listing."""
+    try:
+        listing = area.objects().find(LEDGER)
+    except FileNotFoundError:
+        return {}
+    return {int(k.rsplit("/", 1)[-1][:-5]): (k, size) for k, size in listing.items()
+            if re.fullmatch(rf"{LEDGER}/\d+\.json", k)}
+
+
 def ledger_indices(area: Location) -> list[int]:
     """Indices of the finished tasks (one ``done/<k>.json`` object each)."""
-    if area.is_local:
-        try:
-            names = os.listdir(os.path.join(area.local_path, LEDGER))
-        except FileNotFoundError:
-            return []
-    else:
-        try:
-            names = [k.rsplit("/", 1)[-1] for k in area.objects().find(LEDGER)]
-        except FileNotFoundError:
-            return []
+    if not area.is_local:
+        return sorted(_listed_ledger(area))
+    try:
+        names = os.listdir(os.path.join(area.local_path, LEDGER))
+    except FileNotFoundError:
+        return []
     return sorted(int(n[:-5]) for n in names if re.fullmatch(r"\d+\.json", n))
 
 
@@ -162,14 +168,13 @@ def read_ledger(area: Location) -> dict[int, dict[str, Any]]:
     benchmarks/build_scale.py)."""
     if area.is_local:
         return {k: json.loads(get_object(area, f"{LEDGER}/{k}.json")) for k in ledger_indices(area)}
-    io = area.objects()
-    try:
-        listing = io.find(LEDGER)
-    except FileNotFoundError:
+    listed = _listed_ledger(area)
+    indices = sorted(listed)
+    if not indices:
         return {}
-    keys = sorted(k for k in listing if re.fullmatch(rf"{LEDGER}/\d+\.json", k))
-    blobs = io.get_ranges(keys, [0] * len(keys), [listing[k] for k in keys]) if keys else []
-    return {int(k.rsplit("/", 1)[-1][:-5]): json.loads(b) for k, b in zip(keys, blobs)}
+    keys = [listed[k][0] for k in indices]
+    blobs = area.objects().get_ranges(keys, [0] * len(keys), [listed[k][1] for k in indices])
+    return {k: json.loads(b) for k, b in zip(indices, blobs)}
 
 
 def ledger_records(plan: BuildPlan, known: Iterable[dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
